@@ -1,0 +1,1 @@
+"""Benchmarks (IFEval, AlpacaEval 2.0, MT-Bench), judges and reports."""

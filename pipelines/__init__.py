@@ -1,0 +1,1 @@
+"""Ray stages and their entry points: data, train, sweep, generate, evaluate, report, run."""
