@@ -1,0 +1,73 @@
+"""Reading preference records in one process: JSONL/Parquet files, hub datasets, the synthetic set.
+
+The Ray pipeline (``pipelines.data``) streams the same sources; this module serves the
+single-process trainer, tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+from typing import Any
+
+from orpo.synthetic import make_preference_records
+
+HUB_PREFIX = "hf:"
+SYNTHETIC = "synthetic"
+
+
+def is_synthetic(source: str) -> bool:
+    return source == SYNTHETIC
+
+
+def expand_files(source: str) -> list[str]:
+    """A file, a directory (its .jsonl/.json/.parquet files) or a glob, sorted; error if empty."""
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*") if p.suffix in (".jsonl", ".json", ".parquet"))
+    elif any(ch in source for ch in "*?["):
+        files = sorted(glob.glob(source, recursive=True))
+    else:
+        files = [source] if path.exists() else []
+    if not files:
+        raise FileNotFoundError(f"data source '{source}' matches no .jsonl/.json/.parquet files")
+    return files
+
+
+def load_records(source: str, split: str = "train", revision: str | None = None, synthetic_size: int = 2000,
+                 seed: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+    """All records of ``source`` as dicts, in source order (``limit`` keeps the first N)."""
+    if is_synthetic(source):
+        records = make_preference_records(synthetic_size, seed)
+    elif source.startswith(HUB_PREFIX):
+        import datasets
+
+        dataset = datasets.load_dataset(source[len(HUB_PREFIX):], split=split, revision=revision)
+        records = dataset.to_list() if limit is None else dataset.select(range(min(limit, len(dataset)))).to_list()
+    else:
+        records = []
+        for file in expand_files(source):
+            records.extend(_read_file(file))
+            if limit is not None and len(records) >= limit:
+                break
+    return records[:limit] if limit is not None else records
+
+
+def _read_file(file: str) -> list[dict[str, Any]]:
+    if file.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(file).to_pylist()
+    with open(file) as f:
+        if file.endswith(".json"):
+            data = json.load(f)
+            return data if isinstance(data, list) else [data]
+        records = []
+        for line_no, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{file}:{line_no}: not valid JSON: {error}") from None
+        return records

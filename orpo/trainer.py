@@ -1,0 +1,170 @@
+"""The training loop: accumulation groups, global normalisation, metrics, eval, checkpoints.
+
+Written against ``TrainContext`` (where metrics and checkpoints go) and ``Engine`` (how
+gradients become updates), so the same loop runs in a plain process and inside Ray Train
+workers with DeepSpeed. It imports no Ray.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orpo.context import TrainContext, all_reduce_sum
+from orpo.engine import Engine, rng_state, set_rng_state
+from orpo.objective import GlobalCounts, ReferenceLogps, batch_counts, micro_batch_loss
+from orpo.trainer_config import TrainConfig
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainState:
+    """Where training is: optimiser steps done, and the position in the data."""
+
+    step: int = 0
+    epoch: int = 0
+    micro_batches_in_epoch: int = 0
+    tokens_seen: float = 0.0
+
+
+@dataclass
+class LoopInputs:
+    """What the loop consumes besides config, context and engine."""
+
+    train_batches: Callable[[int], Iterable[Batch]]
+    """Micro-batches of one epoch (for this rank), given the epoch number; deterministic."""
+    steps_per_epoch: int
+    """Optimiser steps in one epoch (the same on every rank)."""
+    eval_batches: Callable[[], Iterable[Batch]] | None = None
+    """Micro-batches of the eval set (for this rank)."""
+    reference: ReferenceLogps | None = None
+    """DPO reference log-probs when the batches do not carry them."""
+    chunked: bool = False
+    """Use the chunked LM-head path for log-probs."""
+
+
+class MetricSums:
+    """Pair-weighted metric sums of this rank, reduced across ranks on read."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.pairs = 0.0
+
+    def add(self, metrics: dict[str, torch.Tensor], n_pairs: int) -> None:
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value) * n_pairs
+        self.pairs += n_pairs
+
+    def reduce(self, device: torch.device) -> dict[str, float]:
+        names = sorted(self.sums)
+        totals = all_reduce_sum(torch.tensor([self.sums[n] for n in names] + [self.pairs],
+                                             dtype=torch.float64, device=device)).tolist()
+        pairs = totals[-1] or 1.0
+        return {name: total / pairs for name, total in zip(names, totals[:-1])}
+
+
+def _groups(batches: Iterator[Batch], size: int) -> Iterator[list[Batch]]:
+    while group := list(itertools.islice(batches, size)):
+        yield group
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    steps = steps_per_epoch * cfg.train.epochs
+    return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
+
+
+def train(cfg: TrainConfig, ctx: TrainContext, engine: Engine, inputs: LoopInputs,
+          resume_from: Path | None = None) -> TrainState:
+    """Run training to ``total_steps``; resume from a checkpoint directory when given."""
+    state = TrainState()
+    if resume_from is not None:
+        client_state = engine.load_checkpoint(Path(resume_from))
+        state = TrainState(**client_state["train_state"])
+        set_rng_state(client_state["rng"])
+    accumulation = cfg.train.accumulation_steps(ctx.world_size)
+    last_step = total_steps(cfg, inputs.steps_per_epoch)
+    window, window_start, window_tokens = MetricSums(), time.perf_counter(), 0.0
+    grad_norms: list[float] = []
+    engine.module.train()
+
+    per_epoch = inputs.steps_per_epoch * accumulation
+    while state.step < last_step and state.epoch < cfg.train.epochs:
+        # Resuming mid-epoch skips what the checkpointed run already consumed.
+        batches = itertools.islice(iter(inputs.train_batches(state.epoch)), state.micro_batches_in_epoch, per_epoch)
+        for group in _groups(batches, accumulation):
+            group = [_to_device(b, ctx.device) for b in group]
+            counts_tensor = all_reduce_sum(sum(batch_counts(b, cfg.loss) for b in group).to(ctx.device))
+            counts = GlobalCounts(pairs=float(counts_tensor[0]), nll_tokens=float(counts_tensor[1]))
+            for batch in group:
+                loss, metrics, n_pairs = micro_batch_loss(
+                    engine.module, batch, cfg.loss, counts, ctx.world_size, inputs.reference,
+                    inputs.chunked, cfg.train.logits_chunk_size)
+                engine.backward(loss)
+                metrics["padding_fraction"] = batch["padding_fraction"]
+                window.add(metrics, n_pairs)
+                window_tokens += float(batch["attention_mask"].sum())
+            lr = engine.lr()
+            grad_norms.append(engine.step())
+            state.step += 1
+            state.micro_batches_in_epoch += len(group)
+            if state.micro_batches_in_epoch >= per_epoch:
+                state.epoch, state.micro_batches_in_epoch = state.epoch + 1, 0
+            done = state.step >= last_step
+
+            report: dict[str, Any] | None = None
+            if state.step % cfg.train.logging_steps == 0 or done:
+                elapsed = time.perf_counter() - window_start
+                tokens = float(all_reduce_sum(torch.tensor([window_tokens], device=ctx.device))[0])
+                state.tokens_seen += tokens
+                report = window.reduce(ctx.device)
+                report.update(step=state.step, epoch=state.epoch, lr=lr, tokens_per_s=tokens / max(elapsed, 1e-9),
+                              grad_norm=sum(grad_norms) / len(grad_norms), tokens_seen=state.tokens_seen)
+                window, window_start, window_tokens, grad_norms = MetricSums(), time.perf_counter(), 0.0, []
+            if inputs.eval_batches is not None and (
+                    done or (cfg.train.eval_steps and state.step % cfg.train.eval_steps == 0)):
+                report = {**(report or {"step": state.step}), **evaluate(cfg, ctx, engine.module, inputs)}
+            checkpoint = None
+            if done or (cfg.train.save_steps and state.step % cfg.train.save_steps == 0):
+                checkpoint = save_checkpoint(ctx, engine, state)
+            if report is not None or checkpoint is not None:
+                ctx.report(report or {"step": state.step}, checkpoint=checkpoint)
+            if done:
+                return state
+        if state.micro_batches_in_epoch:  # the epoch's data ran out early (a short last group)
+            state.epoch, state.micro_batches_in_epoch = state.epoch + 1, 0
+    return state
+
+
+def save_checkpoint(ctx: TrainContext, engine: Engine, state: TrainState) -> Path:
+    directory = Path(ctx.checkpoint_dir) / f"step_{state.step:08d}"
+    engine.save_checkpoint(directory, {"train_state": asdict(state), "rng": rng_state()})
+    return directory
+
+
+@torch.no_grad()
+def evaluate(cfg: TrainConfig, ctx: TrainContext, model: torch.nn.Module, inputs: LoopInputs) -> dict[str, Any]:
+    """Eval-set means of the loss metrics, prefixed ``eval/``, reduced over ranks."""
+    assert inputs.eval_batches is not None
+    was_training = model.training
+    model.eval()
+    sums = MetricSums()
+    for batch in inputs.eval_batches():
+        batch = _to_device(batch, ctx.device)
+        # Local denominators: ranks may hold different numbers of eval batches, so no collective here.
+        pairs, nll_tokens = batch_counts(batch, cfg.loss).tolist()
+        _, metrics, n_pairs = micro_batch_loss(model, batch, cfg.loss, GlobalCounts(pairs, nll_tokens), 1,
+                                               inputs.reference, inputs.chunked, cfg.train.logits_chunk_size)
+        sums.add(metrics, n_pairs)
+    model.train(was_training)
+    return {f"eval/{name}": value for name, value in sums.reduce(ctx.device).items()}
