@@ -99,6 +99,8 @@ def train(cfg: TrainConfig, ctx: TrainContext, engine: Engine, inputs: LoopInput
     engine.module.train()
 
     per_epoch = inputs.steps_per_epoch * accumulation
+    if inputs.eval_batches is not None and cfg.train.eval_at_start and state.step == 0:
+        ctx.report({"step": 0, **evaluate(cfg, ctx, engine.module, inputs)})
     while state.step < last_step and state.epoch < cfg.train.epochs:
         # Resuming mid-epoch skips what the checkpointed run already consumed.
         batches = itertools.islice(iter(inputs.train_batches(state.epoch)), state.micro_batches_in_epoch, per_epoch)

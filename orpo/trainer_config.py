@@ -146,6 +146,8 @@ class LoopConfig:
     """Report training metrics every N optimiser steps."""
     eval_steps: int | None = None
     """Evaluate every N steps; always at the end when there is an eval set."""
+    eval_at_start: bool = True
+    """Also evaluate before the first step (step 0), so runs show where they started."""
     save_steps: int | None = None
     """Checkpoint every N steps; always at the end."""
     logits_mode: LogitsMode = LogitsMode.AUTO
