@@ -1,0 +1,305 @@
+"""Judge client against the FIXTURE judge on loopback: retries, cache, resume, secrets, cost."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import select
+import socket
+import subprocess
+import sys
+from email.utils import format_datetime
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from evaluation.alpaca_eval.annotator import render_messages
+from evaluation.judges import (
+    ChatRequest,
+    JudgeClient,
+    JudgeConfig,
+    JudgmentCache,
+    backoff_delay,
+    cache_key,
+    retry_after_seconds,
+)
+
+GENERIC_REPLY_WORDS = 11  # "[FIXTURE JUDGE] This is a fixed reply from the fixture judge."
+
+
+def generic_requests(n: int) -> list[ChatRequest]:
+    """Requests of exactly 5 prompt words each (the fixture counts words as tokens)."""
+    return [
+        ChatRequest(messages=(("system", "judge fairly"), ("user", f"question number {i}")),
+                    template_id="test@0")
+        for i in range(n)
+    ]
+
+
+def test_retries_on_429_and_500_then_succeeds(start_judge, judge_config):
+    """12 requests, one at a time; the server fails request numbers divisible by 3 (429,
+    Retry-After 0.25 s) or else by 5 (500).
+
+    Successes are the numbers divisible by neither: 1 2 4 7 8 11 13 14 16 17 19 22, so the 12th
+    success is attempt 22. Failures: 3 6 9 12 15 18 21 -> seven 429s (15 counts as 429, checked
+    first); 5 10 20 -> three 500s. Every 429 waits exactly the Retry-After; the 500s back off.
+    """
+    server = start_judge(fail_429_every=3, fail_500_every=5, retry_after_s=0.25)
+    sleeps: list[float] = []
+    config = judge_config(server, concurrency=1, backoff_initial_s=0.01, backoff_max_s=5.0)
+    with JudgeClient(config, sleep=sleeps.append) as client:
+        judgments = client.complete_many(generic_requests(12))
+
+    assert all(j.error is None and j.content.startswith("[FIXTURE JUDGE]") for j in judgments)
+    assert server.stats.requests == 22
+    assert server.stats.statuses == {200: 12, 429: 7, 500: 3}
+    assert sorted(sleeps)[-7:] == [0.25] * 7  # Retry-After honoured
+    assert len(sleeps) == 10 and all(0 < s < 0.25 for s in sorted(sleeps)[:3])
+    usage = client.usage
+    counts = (usage.http_attempts, usage.retries, usage.completions, usage.failures)
+    assert counts == (22, 10, 12, 0)
+
+
+def test_backoff_is_exponential_with_jitter_and_capped():
+    config = JudgeConfig(backoff_initial_s=1.0, backoff_max_s=60.0)
+    rng = random.Random(0)
+    for attempt, (low, high) in enumerate([(0.5, 1), (1, 2), (2, 4), (4, 8)]):
+        delays = [backoff_delay(attempt, None, config, rng) for _ in range(50)]
+        assert all(low <= d <= high for d in delays)
+        assert max(delays) - min(delays) > 0.1 * low  # jittered, not constant
+    assert 30 <= backoff_delay(10, None, config, rng) <= 60  # 1024 s capped at 60
+    assert backoff_delay(0, 100.0, config, rng) == 60.0  # Retry-After capped too
+    assert backoff_delay(3, 0.25, config, rng) == 0.25
+
+
+def test_retry_after_header_forms():
+    def error(headers):
+        return SimpleNamespace(response=SimpleNamespace(headers=headers))
+
+    assert retry_after_seconds(error({"retry-after": "3"})) == 3.0
+    assert retry_after_seconds(error({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
+    in_ten_s = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=10), usegmt=True)
+    assert 8 <= retry_after_seconds(error({"retry-after": in_ten_s})) <= 10
+    assert retry_after_seconds(error({})) is None
+    assert retry_after_seconds(error({"retry-after": "soon"})) is None
+
+
+def test_gives_up_after_max_retries_and_does_not_cache_failures(start_judge, judge_config):
+    server = start_judge(fail_500_every=1)  # every request fails
+    config = judge_config(server, max_retries=2)
+    with JudgeClient(config, sleep=lambda s: None) as client:
+        [judgment] = client.complete_many(generic_requests(1))
+    assert judgment.content is None and judgment.error.startswith("retries exhausted")
+    assert server.stats.requests == 3  # first attempt + 2 retries
+    assert client.usage.failures == 1
+    assert len(JudgmentCache(config.cache_path)) == 0  # a rerun will try again
+
+
+def test_connection_errors_and_timeouts_are_retried(start_judge, judge_config):
+    with socket.socket() as probe:  # a port with nothing listening: connection refused
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    server = start_judge(latency_s=1.0)
+    sleeps: list[float] = []
+    refused = judge_config(server, base_url=f"http://127.0.0.1:{dead_port}/v1", max_retries=2)
+    with JudgeClient(refused, sleep=sleeps.append) as client:
+        [judgment] = client.complete_many(generic_requests(1))
+    assert "APIConnectionError" in judgment.error and judgment.error.startswith("retries exhausted")
+    assert len(sleeps) == 2 and client.usage.http_attempts == 3
+
+    slow = judge_config(server, timeout_s=0.2, max_retries=1)  # the server takes 1 s
+    with JudgeClient(slow, sleep=lambda s: None) as client:
+        [judgment] = client.complete_many(generic_requests(1))
+    assert "APITimeoutError" in judgment.error and judgment.error.startswith("retries exhausted")
+    assert (client.usage.http_attempts, client.usage.retries) == (2, 1)
+
+
+def test_authentication_error_is_not_retried(start_judge, judge_config, monkeypatch):
+    server = start_judge()
+    config = judge_config(server)
+    monkeypatch.setenv(config.api_key_env, "sk-wrong-key")
+    with JudgeClient(config, sleep=lambda s: None) as client:
+        [judgment] = client.complete_many(generic_requests(1))
+    assert judgment.error.startswith("not retryable") and "401" in judgment.error
+    assert server.stats.requests == 1
+
+
+def test_missing_key_variable_is_reported_by_name(judge_config, start_judge, monkeypatch):
+    config = judge_config(start_judge())
+    monkeypatch.delenv(config.api_key_env)
+    with pytest.raises(RuntimeError, match=config.api_key_env):
+        JudgeClient(config)
+
+
+def test_rerun_is_served_from_cache_with_zero_requests(start_judge, judge_config):
+    server = start_judge(fail_429_every=4)
+    config = judge_config(server)
+    requests = generic_requests(6)
+    with JudgeClient(config, sleep=lambda s: None) as client:
+        first = client.complete_many(requests)
+    requests_after_first_run = server.stats.requests
+    assert server.stats.completions == 6
+
+    with JudgeClient(config, sleep=lambda s: None) as client:
+        second = client.complete_many(requests)
+    assert server.stats.requests == requests_after_first_run  # zero new requests
+    assert [j.content for j in second] == [j.content for j in first]
+    assert all(j.from_cache for j in second) and not any(j.from_cache for j in first)
+    assert client.usage.cache_hits == 6 and client.usage.http_attempts == 0
+
+
+def test_cache_key_covers_model_template_inputs_and_decoding():
+    request = generic_requests(1)[0]
+    base = cache_key("judge-a", request)
+    variants = [
+        cache_key("judge-b", request),
+        cache_key("judge-a", ChatRequest(request.messages, "test@1")),
+        cache_key("judge-a", ChatRequest((("user", "other"),), "test@0")),
+        cache_key("judge-a", ChatRequest(request.messages, "test@0", temperature=1.0)),
+        cache_key("judge-a", ChatRequest(request.messages, "test@0", max_tokens=1)),
+        cache_key("judge-a", ChatRequest(request.messages, "test@0", top_logprobs=5)),
+    ]
+    assert len({base, *variants}) == 7
+    assert base == cache_key("judge-a", generic_requests(1)[0])
+
+
+def test_resume_after_interrupted_run_requests_only_the_missing(start_judge, judge_config):
+    """The process "dies" after 3 judgments (every later call raises); a rerun of all 8
+    requests then sends exactly the 5 missing ones."""
+    server = start_judge()
+    config = judge_config(server, concurrency=1)
+    requests = generic_requests(8)
+    client = JudgeClient(config)
+    send_once, calls = client._send_once, []
+
+    def dies_after_three(request, key):
+        calls.append(key)
+        if len(calls) > 3:
+            raise KeyboardInterrupt("simulated kill")
+        return send_once(request, key)
+
+    client._send_once = dies_after_three
+    with pytest.raises(KeyboardInterrupt):
+        client.complete_many(requests)
+    client.close()
+    assert len(JudgmentCache(config.cache_path)) == 3
+    assert server.stats.requests == 3
+
+    with JudgeClient(config) as client:
+        judgments = client.complete_many(requests)
+    assert server.stats.requests == 3 + 5
+    assert sum(j.from_cache for j in judgments) == 3 and all(j.error is None for j in judgments)
+
+
+def test_truncated_last_record_is_skipped_and_refetched(start_judge, judge_config):
+    """A kill mid-write leaves a partial last line: it is skipped on load, that judgment is
+    requested again, and the next record starts on a fresh line."""
+    server = start_judge()
+    config = judge_config(server)
+    requests = generic_requests(4)
+    with JudgeClient(config) as client:
+        client.complete_many(requests)
+    path = client.cache.path
+    path.write_bytes(path.read_bytes()[:-25])  # chop the end of the 4th record
+
+    cache = JudgmentCache(path)
+    assert (len(cache), cache.n_corrupt_lines) == (3, 1)
+    with JudgeClient(config) as client:
+        judgments = client.complete_many(requests)
+    assert server.stats.requests == 4 + 1
+    assert [j.from_cache for j in judgments].count(False) == 1
+    reloaded = JudgmentCache(path)
+    assert (len(reloaded), reloaded.n_corrupt_lines) == (4, 1)
+
+
+def test_api_key_never_in_cache_logs_or_repr(start_judge, judge_config, api_key, caplog):
+    caplog.set_level(logging.DEBUG)  # every logger, including openai's and httpx's
+    server = start_judge(fail_429_every=2, fail_500_every=3)
+    config = judge_config(server)
+    with JudgeClient(config, sleep=lambda s: None) as client:
+        judgments = client.complete_many(generic_requests(5))
+        shown = [repr(client), str(client), repr(config), str(client.usage_summary())]
+    assert all(j.error is None for j in judgments)  # the server accepted the key
+    assert client.usage.retries > 0 and "retry" in caplog.text  # logs were written
+    assert api_key not in caplog.text
+    assert api_key.encode() not in client.cache.path.read_bytes()
+    assert not any(api_key in text for text in shown)
+    assert "api_key=****" in repr(client)
+
+
+def test_logprobs_of_first_token_are_exposed(start_judge, judge_config):
+    """Fixture: P(m) = sigmoid((words_m - words_M) / 20). With 40 vs 20 words,
+    log P(m) = log sigmoid(1) = -0.313262, log P(M) = log sigmoid(-1) = -1.313262; the
+    fixture also lists `Both` at -20."""
+    server = start_judge()
+    messages = render_messages("Say something.", "word " * 40, "word " * 20)
+    request = ChatRequest(messages, "test@0", max_tokens=1, temperature=1.0, top_logprobs=3)
+    with JudgeClient(judge_config(server)) as client:
+        [judgment] = client.complete_many([request])
+    assert judgment.content == "m"
+    [first_position] = judgment.top_logprobs
+    assert first_position["m"] == pytest.approx(-0.3132616875, abs=1e-9)
+    assert first_position["M"] == pytest.approx(-1.3132616875, abs=1e-9)
+    assert first_position["Both"] == -20.0
+    assert math.exp(first_position["m"]) + math.exp(first_position["M"]) == pytest.approx(1.0)
+
+    with JudgeClient(judge_config(server)) as client:  # logprobs survive the cache
+        [cached] = client.complete_many([request])
+    assert cached.from_cache and cached.top_logprobs == judgment.top_logprobs
+
+
+def test_token_and_cost_accounting_with_cache_hits_apart(start_judge, judge_config):
+    """3 requests x (5 prompt words, 11 reply words) = 15 prompt + 33 completion tokens.
+    At $2 / $6 per 1M: (15 * 2 + 33 * 6) / 1e6 = 228e-6 USD. The rerun pays 0 and reports
+    228e-6 saved."""
+    server = start_judge()
+    prices = dict(usd_per_million_prompt_tokens=2.0, usd_per_million_completion_tokens=6.0)
+    config = judge_config(server, **prices)
+    with JudgeClient(config) as client:
+        client.complete_many(generic_requests(3))
+    summary = client.usage_summary()
+    assert (summary["prompt_tokens"], summary["completion_tokens"]) == (15, 3 * GENERIC_REPLY_WORDS)
+    assert summary["cost_usd"] == pytest.approx(228e-6)
+
+    with JudgeClient(config) as client:
+        client.complete_many(generic_requests(3))
+    summary = client.usage_summary()
+    assert summary["cost_usd"] == 0 and summary["cache_hits"] == 3
+    assert summary["cost_saved_by_cache_usd"] == pytest.approx(228e-6)
+
+
+def test_concurrency_limit_and_duplicate_requests(start_judge, judge_config):
+    server = start_judge(latency_s=0.1)
+    requests = generic_requests(8)
+    with JudgeClient(judge_config(server, concurrency=2, cache_path=None)) as client:
+        client.complete_many(requests + requests[:2])  # two duplicates: sent once each
+    assert server.stats.max_in_flight == 2
+    assert server.stats.requests == 8
+
+
+def test_fixture_judge_cli_serves_until_stopped():
+    """The quickstart starts the fixture judge as `python -m evaluation.fixture_judge --port 0`."""
+    repo_root = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "evaluation.fixture_judge", "--port", "0", "--fail-429-every", "2"],
+        cwd=repo_root, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 20)
+        assert ready, "the fixture judge did not print its address"
+        line = process.stdout.readline()
+        assert "FIXTURE JUDGE" in line
+        base_url = re.search(r"http://127\.0\.0\.1:\d+/v1", line).group(0)
+        config = JudgeConfig(base_url=base_url, model="fixture-judge", api_key_env=None,
+                             backoff_initial_s=0.001, progress=False)
+        with JudgeClient(config) as client:
+            judgments = client.complete_many(generic_requests(2))
+        assert all(j.response_model == "fixture-judge" for j in judgments)
+        assert client.usage.retries == 1  # request 2 got the injected 429
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
