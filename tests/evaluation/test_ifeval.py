@@ -353,7 +353,7 @@ def test_load_prompts_reads_the_official_jsonl():
     records = ifeval.load_prompts(DATA_PATH)
     assert len(records) == 541
     assert set(records[0]) == {"key", "prompt", "instruction_id_list", "kwargs"}
-    assert ifeval.DEFAULT_DATA_PATH == DATA_PATH.resolve()
+    assert ifeval.DEFAULT_DATA_PATH.resolve() == DATA_PATH.resolve()
     assert ifeval.load_prompts() == records
 
 
