@@ -13,7 +13,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed,
               pytest.mark.skipif(not SHARED_BENCHMARKS.exists(), reason="../shared/benchmarks is absent")]
 
 
-def test_evaluate_generates_and_scores_every_benchmark(tmp_path, tiny_model_dir):
+@pytest.fixture
+def own_ray():
+    """``evaluate`` starts a private Ray; shut it so later modules can start theirs."""
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+def test_evaluate_generates_and_scores_every_benchmark(tmp_path, tiny_model_dir, own_ray):
     with serve_fixture_judge(FixtureJudgeConfig(fail_429_every=5)) as judge:
         cfg = load_config(EvaluateConfig, "configs/evaluate_tiny.yaml", [
             f"output_dir={tmp_path}", f"generation.model.path={tiny_model_dir}", f"judge.base_url={judge.base_url}"])
