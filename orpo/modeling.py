@@ -37,17 +37,21 @@ def load_tokenizer(path: str, cfg: ModelConfig) -> Any:
     return tokenizer
 
 
-def load_model(path: str, cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """``from_pretrained`` from safetensors; ``trust_remote_code`` only when the config says so."""
+def load_model(path: str, cfg: ModelConfig, device: torch.device | None, dtype: torch.dtype | None = None
+               ) -> torch.nn.Module:
+    """``from_pretrained`` from safetensors; ``trust_remote_code`` only when the config says so.
+
+    ``device=None`` leaves the model where it loaded (DeepSpeed places it itself).
+    """
     model = AutoModelForCausalLM.from_pretrained(
         path,
         revision=cfg.revision,
         trust_remote_code=cfg.trust_remote_code,
         use_safetensors=True,
-        dtype=dtype or resolve_dtype(cfg.dtype, device),
+        dtype=dtype or resolve_dtype(cfg.dtype, device or torch.device("cpu")),
         attn_implementation=cfg.attn_implementation,
     )
-    return model.to(device)
+    return model.to(device) if device is not None else model
 
 
 def prepare_for_training(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:

@@ -103,7 +103,8 @@ def train(cfg: TrainConfig, ctx: TrainContext, engine: Engine, inputs: LoopInput
         ctx.report({"step": 0, **evaluate(cfg, ctx, engine.module, inputs)})
     while state.step < last_step and state.epoch < cfg.train.epochs:
         # Resuming mid-epoch skips what the checkpointed run already consumed.
-        batches = itertools.islice(iter(inputs.train_batches(state.epoch)), state.micro_batches_in_epoch, per_epoch)
+        epoch_batches = iter(inputs.train_batches(state.epoch))
+        batches = itertools.islice(epoch_batches, state.micro_batches_in_epoch, per_epoch)
         for group in _groups(batches, accumulation):
             group = [_to_device(b, ctx.device) for b in group]
             counts_tensor = all_reduce_sum(sum(batch_counts(b, cfg.loss) for b in group).to(ctx.device))
@@ -143,6 +144,8 @@ def train(cfg: TrainConfig, ctx: TrainContext, engine: Engine, inputs: LoopInput
                 ctx.report(report or {"step": state.step}, checkpoint=checkpoint)
             if done:
                 return state
+        for _ in epoch_batches:
+            pass  # drain the epoch: streaming sources start the next epoch only once this one is read
         if state.micro_batches_in_epoch:  # the epoch's data ran out early (a short last group)
             state.epoch, state.micro_batches_in_epoch = state.epoch + 1, 0
     return state

@@ -1,0 +1,274 @@
+"""Ray Data preference pipeline: read, validate, tokenize, split, and stream pairs to workers.
+
+Two phases, both streaming (nothing is materialised in the driver or a worker):
+1. ``preprocess``: files / a hub dataset / the synthetic set are read a chunk at a time,
+   tokenized by ``orpo.data`` in ``map_batches``, assigned to train or eval by a seeded hash of
+   their source position, and written as Parquet partitioned by split (``train``, ``eval``,
+   ``rejected``). A pass over the small columns then writes ``rejects.jsonl`` and the counts
+   (read = accepted + rejected, rejects by reason).
+2. ``train_dataset`` / ``eval_dataset``: the tokenized Parquet, streamed to the Ray Train
+   workers (``streaming_split``) in a seeded block order; ``worker_batches`` length-groups and
+   collates them inside each worker.
+Each record keeps its source position (file and row) into the rejects and the batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from orpo.collate import PreferenceCollator, length_grouped_batches
+from orpo.data import Columns, RecordError, RejectReason, TokenizeSpec, normalize_record, tokenize_pair
+from orpo.sources import HUB_PREFIX, expand_files, is_synthetic
+from orpo.synthetic import make_preference_records, write_jsonl
+from orpo.trainer_config import DataConfig
+from pipelines.train_config import DataPipelineSettings
+
+SPLITS = ("train", "eval", "rejected")
+EXAMPLE_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "length", "truncated", "index", "source"]
+READ_CHUNK_ROWS = 1024
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def list_source_files(source: str) -> list[str]:
+    """Files of a local path/dir/glob, or of an object-store URI (``s3://bucket/prefix``)."""
+    if not _is_uri(source):
+        return [str(Path(f).resolve()) for f in expand_files(source)]
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(source)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        scheme = source.split("://", 1)[0]
+        files = sorted(f"{scheme}://{i.path}" for i in infos if i.path.endswith((".jsonl", ".json", ".parquet")))
+    else:
+        files = [source] if info.type == pafs.FileType.File else []
+    if not files:
+        raise FileNotFoundError(f"data source '{source}' matches no .jsonl/.json/.parquet files")
+    return files
+
+
+def _read_file_chunks(batch: dict[str, np.ndarray]) -> Iterator[dict[str, list]]:
+    """Generator UDF: one file path in, chunks of ``{record_json, source, row}`` out."""
+    for path in batch["path"]:
+        path = str(path)
+        rows: list[tuple[str, int]] = []
+        for row, record_json in enumerate(_iter_file(path)):
+            rows.append((record_json, row))
+            if len(rows) == READ_CHUNK_ROWS:
+                yield _chunk(rows, path)
+                rows = []
+        if rows:
+            yield _chunk(rows, path)
+
+
+def _chunk(rows: list[tuple[str, int]], path: str) -> dict[str, list]:
+    return {"record_json": [r for r, _ in rows], "source": [path] * len(rows), "row": [i for _, i in rows]}
+
+
+def _iter_file(path: str) -> Iterator[str]:
+    """Each record of a file as a JSON string (malformed JSONL lines pass through to be rejected)."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, fs_path = pafs.FileSystem.from_uri(path) if _is_uri(path) else (pafs.LocalFileSystem(), path)
+    if path.endswith(".parquet"):
+        with fs.open_input_file(fs_path) as f:
+            for record_batch in pq.ParquetFile(f).iter_batches(batch_size=READ_CHUNK_ROWS):
+                for record in record_batch.to_pylist():
+                    yield json.dumps(record, default=str)
+        return
+    with fs.open_input_stream(fs_path) as f:
+        text = f.read().decode("utf-8") if path.endswith(".json") else None
+        if text is not None:
+            data = json.loads(text)
+            for record in data if isinstance(data, list) else [data]:
+                yield json.dumps(record)
+            return
+    with fs.open_input_stream(fs_path) as f:
+        pending = b""
+        while chunk := f.read(1 << 20):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            yield from (line.decode("utf-8") for line in lines if line.strip())
+        if pending.strip():
+            yield pending.decode("utf-8")
+
+
+def read_records(cfg: DataConfig, source: str, split: str, output_dir: Path) -> ray.data.Dataset:
+    """A dataset of ``{record_json, source, row}`` for any supported source."""
+    if is_synthetic(source):
+        path = write_jsonl(output_dir / "data" / f"synthetic_{cfg.synthetic_size}_{cfg.seed}.jsonl",
+                           make_preference_records(cfg.synthetic_size, cfg.seed))
+        source = str(path)
+    if source.startswith(HUB_PREFIX):
+        import datasets
+
+        name = source[len(HUB_PREFIX):]
+        hub = datasets.load_dataset(name, split=split, revision=cfg.revision)
+        hub = hub.map(lambda record, row: {"record_json": json.dumps(record, default=str), "row": row},
+                      with_indices=True, remove_columns=hub.column_names)
+        dataset = ray.data.from_huggingface(hub)
+        return dataset.map_batches(lambda b: {**b, "source": np.array([f"{source}:{split}"] * len(b["row"]))})
+    files = list_source_files(source)
+    # One task per file; each streams its file out in chunks (a generator UDF).
+    return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
+        _read_file_chunks, batch_size=1)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def assign_split(source: str, row: int, eval_fraction: float, seed: int) -> str:
+    """Train or eval by a seeded hash of the source position: stable across runs and workers."""
+    digest = hashlib.blake2b(f"{seed}:{source}:{row}".encode(), digest_size=8).digest()
+    return "eval" if int.from_bytes(digest, "little") / 2**64 < eval_fraction else "train"
+
+
+def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, trust_remote_code: bool,
+                   spec: dict, columns: dict, eval_fraction: float, seed: int) -> dict[str, list]:
+    """``map_batches`` UDF: every input row becomes exactly one output row (an example or a reject)."""
+    tokenizer = _tokenizer(tokenizer_path, trust_remote_code)
+    spec_, columns_ = TokenizeSpec(**spec), Columns(**columns)
+    out: dict[str, list] = {name: [] for name in
+                            ["split", "source", "index", "prompt_ids", "chosen_ids", "rejected_ids", "length",
+                             "truncated", "reject_reason", "reject_field", "reject_detail"]}
+    for record_json, source, row in zip(batch["record_json"], batch["source"], batch["row"]):
+        source, row = str(source), int(row)
+        try:
+            try:
+                record = json.loads(record_json)
+            except json.JSONDecodeError as error:
+                raise RecordError(row, "<record>", RejectReason.WRONG_TYPE, f"not valid JSON: {error}") from None
+            if not isinstance(record, dict):
+                raise RecordError(row, "<record>", RejectReason.WRONG_TYPE, "a record must be a JSON object")
+            example = tokenize_pair(normalize_record(record, row, columns_), tokenizer, spec_, row, columns_)
+            split, reason, field, detail = assign_split(source, row, eval_fraction, seed), "", "", ""
+        except RecordError as error:
+            example = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "length": 0, "truncated": False}
+            split, reason, field, detail = "rejected", error.reason.value, error.field, error.detail
+        out["split"].append(split)
+        out["source"].append(source)
+        out["index"].append(row)
+        for key in ("prompt_ids", "chosen_ids", "rejected_ids", "length", "truncated"):
+            out[key].append(example[key])
+        out["reject_reason"].append(reason)
+        out["reject_field"].append(field)
+        out["reject_detail"].append(detail)
+    return out
+
+
+def preprocess(cfg: DataConfig, pipeline: DataPipelineSettings, tokenizer_path: str, trust_remote_code: bool,
+               output_dir: Path) -> dict[str, Any]:
+    """Phase 1: tokenize every source into ``<output_dir>/tokenized``; write rejects and stats."""
+    tokenized = output_dir / "tokenized"
+    stats_path = output_dir / "data_stats.json"
+    if stats_path.exists() and tokenized.exists():
+        return json.loads(stats_path.read_text())  # a restarted or resumed job reuses the tokenized data
+    sources = [(cfg.source, cfg.split, cfg.eval_fraction if not cfg.eval_source else 0.0)]
+    if cfg.eval_source:
+        sources.append((cfg.eval_source, cfg.eval_split, 1.0))
+    for number, (source, split, eval_fraction) in enumerate(sources):
+        records = read_records(cfg, source, split, output_dir)
+        if cfg.limit is not None:
+            records = records.limit(cfg.limit)
+        records.map_batches(
+            tokenize_batch, batch_size=pipeline.tokenize_batch_size, num_cpus=pipeline.tokenize_num_cpus,
+            concurrency=pipeline.max_tasks_in_flight,
+            fn_kwargs=dict(tokenizer_path=tokenizer_path, trust_remote_code=trust_remote_code,
+                           spec=asdict(cfg.tokenize_spec()), columns=asdict(cfg.columns),
+                           eval_fraction=eval_fraction, seed=cfg.seed),
+        ).write_parquet(str(tokenized / f"part{number}"), partition_cols=["split"],
+                        max_rows_per_file=pipeline.rows_per_file)
+    stats = summarize(tokenized, output_dir / "rejects.jsonl")
+    stats_path.write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def _split_paths(tokenized: Path, split: str) -> list[str]:
+    return sorted(str(p) for p in tokenized.glob(f"part*/split={split}") if p.is_dir())
+
+
+def summarize(tokenized: Path, rejects_path: Path) -> dict[str, Any]:
+    """Count rows per split and write ``rejects.jsonl``, reading only the small columns."""
+    counts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    truncated = 0
+    with rejects_path.open("w") as rejects:
+        for split in SPLITS:
+            paths = _split_paths(tokenized, split)
+            if not paths:
+                continue
+            columns = ["source", "index", "reject_reason", "reject_field", "reject_detail", "truncated"]
+            for batch in ray.data.read_parquet(paths, columns=columns).iter_batches(batch_size=4096,
+                                                                                   batch_format="pyarrow"):
+                counts[split] += batch.num_rows
+                if split == "rejected":
+                    for row in batch.to_pylist():
+                        reasons[row["reject_reason"]] += 1
+                        rejects.write(json.dumps({"source": row["source"], "index": row["index"],
+                                                  "reason": row["reject_reason"], "field": row["reject_field"],
+                                                  "detail": row["reject_detail"]}) + "\n")
+                else:
+                    truncated += sum(batch.column("truncated").to_pylist())
+    return {"read": sum(counts.values()), "accepted": counts["train"] + counts["eval"], "rejected": counts["rejected"],
+            "rejected_by_reason": dict(reasons), "train_pairs": counts["train"], "eval_pairs": counts["eval"],
+            "truncated": truncated}
+
+
+def split_dataset(output_dir: Path, split: str, seed: int) -> ray.data.Dataset | None:
+    """Phase 2: the tokenized pairs of one split, in a seeded block order."""
+    paths = _split_paths(output_dir / "tokenized", split)
+    if not paths:
+        return None
+    return ray.data.read_parquet(paths, columns=EXAMPLE_COLUMNS).randomize_block_order(seed=seed)
+
+
+def worker_batches(shard: Any, collator: PreferenceCollator, micro_batch_size: int, epoch: int, seed: int,
+                   pipeline: DataPipelineSettings, group_by_length: bool, drop_last: bool = True
+                   ) -> Iterator[dict]:
+    """Inside a worker: stream its shard, length-group within windows, collate micro-batches.
+
+    Rows come through a seeded local shuffle buffer; each window of
+    ``length_group_window × micro_batch_size`` rows is cut into micro-batches of similar length,
+    in a seeded order (``seed`` and ``epoch`` make it reproducible for resume).
+    """
+    window = micro_batch_size * pipeline.length_group_window
+    rng_seed = seed * 1_000_003 + epoch
+    rows = shard.iter_batches(batch_size=window, batch_format="pyarrow",
+                              local_shuffle_buffer_size=pipeline.shuffle_buffer_size or None,
+                              local_shuffle_seed=rng_seed)
+    for number, table in enumerate(rows):
+        examples = table.to_pylist()
+        if group_by_length:
+            order = length_grouped_batches([ex["length"] for ex in examples], micro_batch_size,
+                                           rng_seed + number, megabatch_multiplier=pipeline.length_group_window)
+        else:
+            indices = list(range(len(examples)))
+            random.Random(rng_seed + number).shuffle(indices)
+            order = [indices[i:i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
+        for batch in order:
+            if drop_last and len(batch) < micro_batch_size:
+                continue
+            yield collator([examples[i] for i in batch])
