@@ -62,18 +62,22 @@ def list_source_files(source: str) -> list[str]:
     return files
 
 
-def _read_file_chunks(batch: dict[str, np.ndarray]) -> Iterator[dict[str, list]]:
-    """Generator UDF: one file path in, chunks of ``{record_json, source, row}`` out."""
+def _read_file_chunks(batch: dict[str, np.ndarray], labels: dict[str, str]) -> Iterator[dict[str, list]]:
+    """Generator UDF: one file path in, chunks of ``{record_json, source, row}`` out.
+
+    ``source`` is the file's label (its path, or ``synthetic``): it names the record in rejects
+    and seeds the train/eval split, so it must not depend on where a run writes its outputs.
+    """
     for path in batch["path"]:
         path = str(path)
         rows: list[tuple[str, int]] = []
         for row, record_json in enumerate(_iter_file(path)):
             rows.append((record_json, row))
             if len(rows) == READ_CHUNK_ROWS:
-                yield _chunk(rows, path)
+                yield _chunk(rows, labels.get(path, path))
                 rows = []
         if rows:
-            yield _chunk(rows, path)
+            yield _chunk(rows, labels.get(path, path))
 
 
 def _chunk(rows: list[tuple[str, int]], path: str) -> dict[str, list]:
@@ -111,9 +115,11 @@ def _iter_file(path: str) -> Iterator[str]:
 
 def read_records(cfg: DataConfig, source: str, split: str, output_dir: Path) -> ray.data.Dataset:
     """A dataset of ``{record_json, source, row}`` for any supported source."""
+    labels: dict[str, str] = {}
     if is_synthetic(source):
         path = write_jsonl(output_dir / "data" / f"synthetic_{cfg.synthetic_size}_{cfg.seed}.jsonl",
                            make_preference_records(cfg.synthetic_size, cfg.seed))
+        labels[str(path.resolve())] = source
         source = str(path)
     if source.startswith(HUB_PREFIX):
         import datasets
@@ -127,7 +133,7 @@ def read_records(cfg: DataConfig, source: str, split: str, output_dir: Path) -> 
     files = list_source_files(source)
     # One task per file; each streams its file out in chunks (a generator UDF).
     return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
-        _read_file_chunks, batch_size=1)
+        _read_file_chunks, batch_size=1, fn_kwargs={"labels": labels})
 
 
 @functools.lru_cache(maxsize=4)
@@ -180,17 +186,23 @@ def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, trust_remo
 
 
 def preprocess(cfg: DataConfig, pipeline: DataPipelineSettings, tokenizer_path: str, trust_remote_code: bool,
-               output_dir: Path) -> dict[str, Any]:
-    """Phase 1: tokenize every source into ``<output_dir>/tokenized``; write rejects and stats."""
-    tokenized = output_dir / "tokenized"
-    stats_path = output_dir / "data_stats.json"
+               data_dir: Path) -> dict[str, Any]:
+    """Phase 1: tokenize every source into ``<data_dir>/tokenized``; write rejects and stats there.
+
+    A ``data_dir`` that already holds them is reused as is: resumed jobs and sweep trials train
+    on exactly the same pairs in the same order. (Tokenizing again gives the same pairs, but
+    parallel tasks may lay them out in a different order.)
+    """
+    tokenized = data_dir / "tokenized"
+    stats_path = data_dir / "data_stats.json"
     if stats_path.exists() and tokenized.exists():
-        return json.loads(stats_path.read_text())  # a restarted or resumed job reuses the tokenized data
+        return json.loads(stats_path.read_text())
+    data_dir.mkdir(parents=True, exist_ok=True)
     sources = [(cfg.source, cfg.split, cfg.eval_fraction if not cfg.eval_source else 0.0)]
     if cfg.eval_source:
         sources.append((cfg.eval_source, cfg.eval_split, 1.0))
     for number, (source, split, eval_fraction) in enumerate(sources):
-        records = read_records(cfg, source, split, output_dir)
+        records = read_records(cfg, source, split, data_dir)
         if cfg.limit is not None:
             records = records.limit(cfg.limit)
         records.map_batches(
@@ -201,7 +213,7 @@ def preprocess(cfg: DataConfig, pipeline: DataPipelineSettings, tokenizer_path: 
                            eval_fraction=eval_fraction, seed=cfg.seed),
         ).write_parquet(str(tokenized / f"part{number}"), partition_cols=["split"],
                         max_rows_per_file=pipeline.rows_per_file)
-    stats = summarize(tokenized, output_dir / "rejects.jsonl")
+    stats = summarize(tokenized, data_dir / "rejects.jsonl")
     stats_path.write_text(json.dumps(stats, indent=2))
     return stats
 
@@ -237,9 +249,9 @@ def summarize(tokenized: Path, rejects_path: Path) -> dict[str, Any]:
             "truncated": truncated}
 
 
-def split_dataset(output_dir: Path, split: str, seed: int) -> ray.data.Dataset | None:
+def split_dataset(data_dir: Path, split: str, seed: int) -> ray.data.Dataset | None:
     """Phase 2: the tokenized pairs of one split, in a seeded block order."""
-    paths = _split_paths(output_dir / "tokenized", split)
+    paths = _split_paths(data_dir / "tokenized", split)
     if not paths:
         return None
     return ray.data.read_parquet(paths, columns=EXAMPLE_COLUMNS).randomize_block_order(seed=seed)

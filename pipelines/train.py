@@ -72,6 +72,8 @@ class MetricsWriter(UserCallback):
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         row = dict(metrics[0])
+        if "exported" in row:
+            return  # the export report carries no training metrics
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(format_metrics(row, time.time() - self.start), flush=True)
@@ -107,6 +109,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     if not cfg.scaling.use_gpu:
         disable_cpu_shm_comm()
+    import deepspeed
+
+    deepspeed.init_distributed()  # adopts Ray's process group, so DeepSpeed sees the real world size
     ds_config = deepspeed_config(cfg, ctx.world_size)
     hf_ds_config = None
     if cfg.deepspeed.zero_stage == 3:
@@ -166,13 +171,26 @@ def init_ray(cfg: DistributedTrainConfig) -> None:
     runtime_env = {**cfg.ray.runtime_env}
     runtime_env["env_vars"] = {**RUNTIME_ENV_VARS, **runtime_env.get("env_vars", {})}
     if address:
-        ray.init(address=address, runtime_env=runtime_env)
+        # Under `ray job submit` Ray merges this with the job's runtime env and refuses any
+        # env var named in both, so only add the ones the job does not set.
+        job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env", {})
+        job_vars = job_env.get("env_vars", {}) or {}
+        runtime_env["env_vars"] = {k: v for k, v in runtime_env["env_vars"].items() if k not in job_vars}
+        if not runtime_env["env_vars"]:
+            del runtime_env["env_vars"]
+        ray.init(address=address, runtime_env=runtime_env or None)
         return
     worker_cpus = cfg.scaling.num_workers * cfg.scaling.resources_per_worker.get("CPU", 1.0)
     # Leave CPUs beyond the workers' for Ray Data: with none free, reading stalls forever.
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, int(worker_cpus) + 2)
     # The dashboard (on 127.0.0.1) backs the state API that Ray Train's cleanup and Tune rely on.
     ray.init(num_cpus=num_cpus, object_store_memory=cfg.data_pipeline.object_store_memory, runtime_env=runtime_env)
+
+
+def _ordered_execution() -> ray.data.ExecutionOptions:
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def steps_per_epoch(cfg: DistributedTrainConfig, train_pairs: int) -> int:
@@ -196,12 +214,16 @@ def run(cfg: DistributedTrainConfig) -> dict[str, Any]:
     model_path = resolve_model_path(cfg.model, output_dir)
     tokenizer = load_tokenizer(model_path, cfg.model)
     del tokenizer  # loaded here only to fail early, before any worker starts
-    stats = data_pipeline.preprocess(cfg.data, cfg.data_pipeline, model_path, cfg.model.trust_remote_code, output_dir)
+    data_dir = Path(cfg.data_pipeline.data_dir).resolve() if cfg.data_pipeline.data_dir else output_dir
+    stats = data_pipeline.preprocess(cfg.data, cfg.data_pipeline, model_path, cfg.model.trust_remote_code, data_dir)
+    if data_dir != output_dir:
+        for name in ("data_stats.json", "rejects.jsonl"):
+            shutil.copy(data_dir / name, output_dir / name)
     print(f"data: read {stats['read']}, accepted {stats['accepted']}, rejected {stats['rejected']} "
           f"{stats['rejected_by_reason'] or ''}", flush=True)
     ray.data.DataContext.get_current().enable_progress_bars = False  # per-epoch bars would drown the metrics
-    datasets = {"train": data_pipeline.split_dataset(output_dir, "train", cfg.data.seed)}
-    eval_ds = data_pipeline.split_dataset(output_dir, "eval", cfg.data.seed)
+    datasets = {"train": data_pipeline.split_dataset(data_dir, "train", cfg.data.seed)}
+    eval_ds = data_pipeline.split_dataset(data_dir, "eval", cfg.data.seed)
     if eval_ds is not None and stats["eval_pairs"] >= cfg.scaling.num_workers:
         datasets["eval"] = eval_ds
     config = {"cfg": to_dict(cfg), "model_path": model_path, "has_eval": "eval" in datasets,
@@ -220,7 +242,9 @@ def run(cfg: DistributedTrainConfig) -> dict[str, Any]:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
             callbacks=[MetricsWriter(str(output_dir), to_dict(cfg.tracking))]),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+        # Ordered execution makes each worker's shard, and so every run, reproducible.
+        dataset_config=ray.train.DataConfig(datasets_to_split="all",
+                                            execution_options=_ordered_execution()),
     )
     result = trainer.fit()
     export_dir = output_dir / EXPORT_DIR

@@ -76,6 +76,9 @@ class DataPipelineSettings:
     2 CPUs remain for read/tokenize tasks, so neither side can starve the other."""
     max_tasks_in_flight: int | None = None
     """Cap on concurrent tokenization tasks (unset: Ray Data decides)."""
+    data_dir: str | None = None
+    """Where tokenized pairs, ``data_stats.json`` and ``rejects.jsonl`` go (unset: the output dir).
+    Point several runs (e.g. sweep trials) at one to tokenize once and train on identical data."""
     rows_per_file: int = 4096
     """Rows per tokenized Parquet file (the unit the workers stream)."""
     length_group_window: int = 64
