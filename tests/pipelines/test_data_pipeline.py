@@ -1,0 +1,106 @@
+"""Ray Data pipeline: sources, rejects with reasons, counts that add up, streaming under a small object store."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from orpo.synthetic import make_preference_records
+from orpo.trainer_config import DataConfig
+from pipelines import data as data_pipeline
+from pipelines.train_config import DataPipelineSettings
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+BAD = [
+    {"prompt": "p", "chosen": "", "rejected": "r"},                     # empty_chosen
+    {"prompt": "p", "chosen": "same", "rejected": "same"},              # identical_responses
+    {"prompt": "p", "rejected": "r"},                                   # missing_field (chosen)
+    {"prompt": "p", "chosen": 5, "rejected": "r"},                      # wrong_type
+]
+
+
+def test_rejects_are_written_with_reasons_and_counts_add_up(tmp_path, tiny_model_dir, local_ray):
+    source = tmp_path / "in"
+    source.mkdir()
+    good = make_preference_records(30, seed=1)
+    lines = [json.dumps(r) for r in good[:15] + BAD[:2]] + ["{not json"] + [json.dumps(r) for r in good[15:]]
+    (source / "a.jsonl").write_text("\n".join(lines) + "\n")
+    pq.write_table(pa.Table.from_pylist([{"q": r["prompt"], "good": r["chosen"], "bad": r["rejected"]}
+                                         for r in good[:10]] + [{"q": "p", "good": "", "bad": "r"}]),
+                   source / "b.parquet")
+    cfg = DataConfig(source=str(source / "a.jsonl"), eval_fraction=0.2, max_length=256, max_prompt_length=128)
+    stats = data_pipeline.preprocess(cfg, DataPipelineSettings(tokenize_batch_size=8), str(tiny_model_dir), False,
+                                     tmp_path / "run")
+    assert stats["read"] == 33 and stats["accepted"] == 30 and stats["rejected"] == 3
+    assert stats["train_pairs"] + stats["eval_pairs"] == 30 and stats["eval_pairs"] > 0
+    assert stats["rejected_by_reason"] == {"empty_chosen": 1, "identical_responses": 1, "wrong_type": 1}
+    rejects = [json.loads(x) for x in (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()]
+    by_row = {r["index"]: r for r in rejects}
+    assert set(by_row) == {15, 16, 17}  # source positions (line numbers) of the bad records
+    assert by_row[15]["field"] == "chosen" and by_row[15]["source"].endswith("a.jsonl")
+    assert "not valid JSON" in by_row[17]["detail"]
+
+    mapped = DataConfig(source=str(source / "b.parquet"), eval_fraction=0.0, max_length=256,
+                        columns=data_pipeline.Columns(prompt="q", chosen="good", rejected="bad"))
+    stats = data_pipeline.preprocess(mapped, DataPipelineSettings(), str(tiny_model_dir), False, tmp_path / "pq")
+    assert (stats["read"], stats["accepted"], stats["rejected_by_reason"]) == (11, 10, {"empty_chosen": 1})
+
+
+def test_directory_and_glob_sources_and_split_is_stable(tmp_path, tiny_model_dir, local_ray):
+    for part in range(3):
+        rows = make_preference_records(10, seed=part)
+        (tmp_path / f"part{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(data_pipeline.list_source_files(str(tmp_path))) == 3
+    assert len(data_pipeline.list_source_files(str(tmp_path / "part[01].jsonl"))) == 2
+    with pytest.raises(FileNotFoundError, match="matches no"):
+        data_pipeline.list_source_files(str(tmp_path / "nothing*.jsonl"))
+    splits = [data_pipeline.assign_split("f.jsonl", row, 0.25, seed=3) for row in range(2000)]
+    assert splits == [data_pipeline.assign_split("f.jsonl", row, 0.25, seed=3) for row in range(2000)]
+    assert 0.2 < splits.count("eval") / 2000 < 0.3
+
+
+@pytest.mark.slow
+def test_streams_a_dataset_several_times_larger_than_the_object_store(tmp_path, tiny_model_dir):
+    """~300 MB of records through an 80 MB object store: only streaming can finish this."""
+    script = textwrap.dedent(f"""
+        import json, ray
+        from pathlib import Path
+        from orpo.synthetic import make_preference_records
+        from orpo.trainer_config import DataConfig
+        from pipelines import data as dp
+        from pipelines.train_config import DataPipelineSettings
+        src = Path({str(tmp_path)!r}) / "big"
+        src.mkdir()
+        pad = "x" * 20_000  # an unused column: read, carried through the stream, dropped by tokenization
+        for part in range(4):
+            with open(src / f"part{{part}}.jsonl", "w") as f:
+                for record in make_preference_records(3750, seed=part):
+                    f.write(json.dumps({{**record, "metadata": pad}}) + "\\n")
+        total = sum(p.stat().st_size for p in src.iterdir())
+        ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        stats = dp.preprocess(DataConfig(source=str(src), max_length=128, max_prompt_length=64),
+                              DataPipelineSettings(tokenize_batch_size=256), {str(tiny_model_dir)!r}, False,
+                              Path({str(tmp_path)!r}) / "out")
+        print(json.dumps({{"bytes": total, **stats}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["bytes"] > 3.5 * 80 * 1024 * 1024
+    assert result["read"] == 15000 and result["accepted"] == 15000
