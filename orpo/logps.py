@@ -18,6 +18,7 @@ import enum
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
@@ -73,13 +74,14 @@ def token_logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch
     """Log-prob of each next token: ``logits`` (N, T, V) and ``labels`` (N, T) -> (N, T-1), fp32.
 
     Positions whose label is ``IGNORE_INDEX`` get 0 (mask them with ``labels != IGNORE_INDEX``).
+    Cross-entropy over the unshifted logits (targets shifted instead) keeps no extra (N, T, V)
+    copy alive for backward, unlike gather + logsumexp over a sliced view.
     """
-    logits = logits[:, :-1].float()  # (N, T-1, V)
-    targets = labels[:, 1:]  # (N, T-1)
-    safe_targets = targets.clamp(min=0)
-    picked = logits.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)  # (N, T-1)
-    token_logps = picked - torch.logsumexp(logits, dim=-1)
-    return token_logps.masked_fill(targets == IGNORE_INDEX, 0.0)
+    n_rows, length = labels.shape
+    targets = torch.cat([labels[:, 1:], labels.new_full((n_rows, 1), IGNORE_INDEX)], dim=1)  # (N, T)
+    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                          reduction="none")  # (N*T,)
+    return -nll.view(n_rows, length)[:, :-1]
 
 
 def response_logps(logits: torch.Tensor, labels: torch.Tensor) -> SequenceStats:
@@ -123,7 +125,7 @@ def token_logps_chunked(
     """Next-token log-probs ``(N, T-1)`` (0 at padding) without materialising ``[N, T, V]``."""
     decoder = _decoder(model)
     lm_head = model.get_output_embeddings()
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     targets_valid = attention_mask[:, 1:].bool()  # (N, T-1)
     hidden_valid = hidden[:, :-1][targets_valid]  # (M, H), M = real target tokens
     targets = input_ids[:, 1:][targets_valid]  # (M,)
@@ -139,7 +141,7 @@ def token_logps_chunked(
 
 def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = lm_head(hidden).float()  # (chunk, V): recomputed in backward, never stored
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return -F.cross_entropy(logits, targets, reduction="none")
 
 
 def _decoder(model: torch.nn.Module) -> torch.nn.Module:
