@@ -184,7 +184,13 @@ def init_ray(cfg: DistributedTrainConfig) -> None:
     # Leave CPUs beyond the workers' for Ray Data: with none free, reading stalls forever.
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, int(worker_cpus) + 2)
     # The dashboard (on 127.0.0.1) backs the state API that Ray Train's cleanup and Tune rely on.
-    ray.init(num_cpus=num_cpus, object_store_memory=cfg.data_pipeline.object_store_memory, runtime_env=runtime_env)
+    # address="local": a private instance, never some other Ray that happens to run on this machine.
+    ray.init(address="local", num_cpus=num_cpus, object_store_memory=cfg.data_pipeline.object_store_memory,
+             runtime_env=runtime_env)
+    # Ray's state API (used by Train's placement-group cleanup when a Tune trial is stopped)
+    # finds the cluster through /tmp/ray/ray_current_cluster, which `ray start` writes but an
+    # embedded instance does not: a stale file there leaks the stopped trial's CPUs.
+    ray._private.utils.write_ray_address(ray.get_runtime_context().gcs_address)
 
 
 def _ordered_execution() -> ray.data.ExecutionOptions:
@@ -202,8 +208,12 @@ def steps_per_epoch(cfg: DistributedTrainConfig, train_pairs: int) -> int:
     return steps
 
 
-def run(cfg: DistributedTrainConfig) -> dict[str, Any]:
-    """The whole job: preprocess, fit, export. Returns paths and the final metrics."""
+def run(cfg: DistributedTrainConfig, callbacks: list[UserCallback] | tuple = ()) -> dict[str, Any]:
+    """The whole job: preprocess, fit, export. Returns paths, data stats and the final metrics.
+
+    ``callbacks`` are extra Ray Train callbacks (a sweep passes Tune's report callback).
+    """
+    started = time.time()
     output_dir = Path(cfg.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -240,7 +250,7 @@ def run(cfg: DistributedTrainConfig) -> dict[str, Any]:
             name=cfg.name, storage_path=cfg.checkpoint.storage_path or str(output_dir / "ray"),
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
-            callbacks=[MetricsWriter(str(output_dir), to_dict(cfg.tracking))]),
+            callbacks=[MetricsWriter(str(output_dir), to_dict(cfg.tracking)), *callbacks]),
         datasets=datasets,
         # Ordered execution makes each worker's shard, and so every run, reproducible.
         dataset_config=ray.train.DataConfig(datasets_to_split="all",
@@ -251,10 +261,46 @@ def run(cfg: DistributedTrainConfig) -> dict[str, Any]:
     with result.checkpoint.as_directory() as checkpoint_dir:
         shutil.rmtree(export_dir, ignore_errors=True)
         shutil.copytree(Path(checkpoint_dir) / EXPORT_DIR, export_dir)
+    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    final = {k: v for row in rows for k, v in row.items()}  # the latest value of every metric
+    info = run_info(cfg, export_dir, time.time() - started, final.get("tokens_seen", 0.0))
+    (output_dir / "run_info.json").write_text(json.dumps(info, indent=2))
     print(f"metrics: {output_dir / 'metrics.jsonl'}\ncheckpoints: {result.path}\nmodel exported to {export_dir}",
           flush=True)
     return {"output_dir": output_dir, "export_dir": export_dir, "checkpoints": result.path, "stats": stats,
-            "metrics": result.metrics}
+            "metrics": final}
+
+
+def run_info(cfg: DistributedTrainConfig, export_dir: Path, wall_s: float, tokens: float) -> dict[str, Any]:
+    """Compute cost of a run. FLOPs are the usual estimate: 6·N per token for the policy's
+    forward + backward, plus 2·N per token for DPO's reference forward (ORPO has none)."""
+    from safetensors import safe_open
+
+    n_params = 0
+    for shard in export_dir.glob("*.safetensors"):
+        with safe_open(shard, "pt") as f:
+            n_params += sum(_numel(f.get_slice(name).get_shape()) for name in f.keys())
+    reference_flops = 2.0 * n_params * tokens if cfg.loss.type.needs_reference_model else 0.0
+    return {
+        "method": cfg.loss.type.value,
+        "loss": {"type": cfg.loss.type.value, "lam": cfg.loss.lam, "beta": cfg.loss.beta,
+                 "gamma_beta_ratio": cfg.loss.gamma_beta_ratio},
+        "wall_s": wall_s,
+        "num_workers": cfg.scaling.num_workers,
+        "worker_hours": wall_s * cfg.scaling.num_workers / 3600.0,
+        "tokens_processed": int(tokens),
+        "n_params": n_params,
+        "forward_passes_per_pair": 2 if cfg.loss.type.needs_reference_model else 1,
+        "flops_estimate": 6.0 * n_params * tokens + reference_flops,
+        "reference_flops": reference_flops,
+    }
+
+
+def _numel(shape: list[int]) -> int:
+    total = 1
+    for dim in shape:
+        total *= dim
+    return total
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
