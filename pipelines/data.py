@@ -284,3 +284,21 @@ def worker_batches(shard: Any, collator: PreferenceCollator, micro_batch_size: i
             if drop_last and len(batch) < micro_batch_size:
                 continue
             yield collator([examples[i] for i in batch])
+
+
+def heldout_prompts(data_dir: Path, out: Path) -> Path | None:
+    """IFEval-format prompts of held-out pairs that carry instructions (the synthetic set does)."""
+    records = []
+    for source in sorted((data_dir / "data").glob("*.jsonl")):
+        by_row = {row: record for row, record in enumerate(map(json.loads, source.read_text().splitlines()))}
+        for path in _split_paths(data_dir / "tokenized", "eval"):
+            for batch in ray.data.read_parquet(path, columns=["index"]).iter_batches(batch_format="pandas"):
+                for row in batch["index"]:
+                    record = by_row.get(int(row), {})
+                    if "instruction_id_list" in record:
+                        records.append({k: record[k] for k in ("key", "prompt", "instruction_id_list", "kwargs")})
+    if not records:
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return out

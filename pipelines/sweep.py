@@ -137,24 +137,6 @@ def benchmark_score(export_dir: Path, trial_dir: Path, benchmark: dict[str, Any]
     return float(evaluate(cfg)["ifeval"]["prompt_level_strict_acc"])
 
 
-def heldout_prompts(data_dir: Path, out: Path) -> Path | None:
-    """IFEval-format prompts of held-out pairs that carry instructions (the synthetic set does)."""
-    records = []
-    for source in sorted((data_dir / "data").glob("*.jsonl")):
-        by_row = {row: record for row, record in enumerate(map(json.loads, source.read_text().splitlines()))}
-        for path in data_pipeline._split_paths(data_dir / "tokenized", "eval"):
-            for batch in ray.data.read_parquet(path, columns=["index"]).iter_batches(batch_format="pandas"):
-                for row in batch["index"]:
-                    record = by_row.get(int(row), {})
-                    if "instruction_id_list" in record:
-                        records.append({k: record[k] for k in ("key", "prompt", "instruction_id_list", "kwargs")})
-    if not records:
-        return None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return out
-
-
 def sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Run (or resume) the sweep; write the results table and export the best trial."""
     objective = cfg.sweep.objective
@@ -176,7 +158,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     benchmark = {"limit": cfg.sweep.benchmark_limit, "max_new_tokens": cfg.sweep.benchmark_max_new_tokens,
                  "prompts": cfg.sweep.benchmark_prompts}
     if objective == "ifeval" and benchmark["prompts"] is None:
-        found = heldout_prompts(data_dir, output_dir / "heldout_prompts.jsonl")
+        found = data_pipeline.heldout_prompts(data_dir, output_dir / "heldout_prompts.jsonl")
         benchmark["prompts"] = str(found) if found else None  # None: the shared IFEval prompts
 
     trainable = tune.with_parameters(run_trial, base=base, sweep_dir=str(output_dir), objective=objective,
