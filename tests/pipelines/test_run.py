@@ -1,0 +1,93 @@
+"""One-command run end to end on the tiny model: sweep, train, evaluate, report; rerun resumes."""
+
+import base64
+import json
+import re
+
+import pytest
+import ray
+import yaml
+
+from orpo.config import from_dict, load_config, to_dict
+from pipelines.run import PipelineConfig, method_config, run_pipeline
+from pipelines.sweep import SweepConfig, sweep
+from tests.conftest import SHARED_BENCHMARKS
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed,
+              pytest.mark.skipif(not SHARED_BENCHMARKS.exists(), reason="../shared/benchmarks is absent")]
+
+SMALL = ["train.data.synthetic_size=300", "train.data.eval_fraction=0.1", "train.train.max_steps=8",
+         "train.train.eval_steps=4", "train.train.logging_steps=4", "train.train.epochs=1",
+         "sweep.space={loss.lam: {grid: [0.5, 2.0]}}", "sweep.objective=eval/rewards/accuracies",
+         "evaluation.generation.ifeval.limit=8", "evaluation.generation.ifeval.decoding.max_new_tokens=16",
+         "evaluation.generation.alpaca_eval.limit=2", "evaluation.generation.mt_bench.limit=1"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("quick") / "run"
+    cfg = load_config(PipelineConfig, "configs/quickstart.yaml", [f"output_dir={run_dir}", *SMALL])
+    paths = run_pipeline(cfg)
+    yield cfg, run_dir, paths
+    ray.shutdown()
+
+
+def _rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_report_numbers_agree_with_the_stage_outputs(finished_run):
+    cfg, run_dir, paths = finished_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert {k: v["status"] for k, v in manifest["stages"].items()} == {
+        "data": "done", "sweep/orpo": "done", "train/orpo": "done", "train/sft": "done",
+        "eval/orpo": "done", "eval/sft": "done"}
+    assert manifest["versions"]["torch"].startswith("2.13") and manifest["inputs"]
+    summary = json.loads(paths["summary"].read_text())
+    for method in ("orpo", "sft"):
+        evals = [r for r in _rows(run_dir / "train" / method / "metrics.jsonl") if "eval/logps/rejected" in r]
+        logps = summary["methods"][method]["logps"]
+        assert evals[0]["step"] == 0 and evals[-1]["step"] == 8
+        assert logps["rejected_initial"] == pytest.approx(evals[0]["eval/logps/rejected"])
+        assert logps["rejected_final"] == pytest.approx(evals[-1]["eval/logps/rejected"])
+        assert logps["chosen_final"] == pytest.approx(evals[-1]["eval/logps/chosen"])
+        scored = json.loads((run_dir / "eval" / method / "summary.json").read_text())
+        assert summary["methods"][method]["ifeval"]["prompt_level_strict_acc"] == pytest.approx(
+            scored["ifeval"]["prompt_level_strict_acc"])
+        assert scored["ifeval"]["num_prompts"] == 8  # held-out synthetic prompts, scored by the checkers
+    assert isinstance(summary["effect"]["verdict"], bool)
+    best = json.loads((run_dir / "sweep" / "orpo" / "best.json").read_text())
+    trials = json.loads((run_dir / "sweep" / "orpo" / "results.json").read_text())
+    assert len(trials) == 2 and best["value"] == max(t["metrics"]["eval/rewards/accuracies"] for t in trials)
+    orpo_config = yaml.safe_load((run_dir / "train" / "orpo" / "config.yaml").read_text())
+    assert orpo_config["loss"]["lam"] == best["config"]["loss.lam"]  # trained with the sweep's best λ
+
+    markdown = paths["markdown"].read_text()
+    assert f"{summary['methods']['orpo']['logps']['rejected_final']:.4f}" in markdown
+    html = paths["html"].read_text()
+    images = re.findall(r'<img[^>]+src="([^"]+)"', html)
+    assert len(images) >= 3
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_resumes_without_redoing_stages_and_sweeps_restore(finished_run):
+    cfg, run_dir, _ = finished_run
+    before = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    run_pipeline(cfg)
+    after = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    assert after == before
+
+    trial_metrics = sorted((run_dir / "sweep" / "orpo" / "trials").glob("*/metrics.jsonl"))
+    sizes = [p.stat().st_size for p in trial_metrics]
+    sweep_cfg = method_config(cfg, cfg.methods[0], run_dir, [f"output_dir={run_dir / 'sweep' / 'orpo'}"])
+    sweep_cfg["sweep"] = to_dict(cfg.sweep)
+    restored = sweep(from_dict(SweepConfig, sweep_cfg))  # Tuner.restore: the finished trials are not redone
+    assert [p.stat().st_size for p in trial_metrics] == sizes
+    assert restored["config"] == json.loads((run_dir / "sweep" / "orpo" / "best.json").read_text())["config"]
+
+    changed = load_config(PipelineConfig, "configs/quickstart.yaml", [f"output_dir={run_dir}", *SMALL,
+                                                                       "train.loss.lam=0.3"])
+    with pytest.raises(ValueError, match="different config"):
+        run_pipeline(changed)
