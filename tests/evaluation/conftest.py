@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 from pathlib import Path
 from typing import Callable, Iterator
+from unittest import mock
 
+import langdetect
+import nltk
 import pytest
 
 from evaluation.fixture_judge import FixtureJudgeConfig, FixtureJudgeServer, serve_fixture_judge
+from evaluation.ifeval import util
 from evaluation.judges import JudgeConfig
+from tests.evaluation.ifeval_reference import clear_punkt_caches
 
 SHARED_BENCHMARKS = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks"
 API_KEY_ENV = "FIXTURE_JUDGE_TEST_API_KEY"
@@ -75,3 +81,47 @@ def mt_bench_dir() -> Path:
     for name in ("question.jsonl", "judge_prompts.jsonl", "reference_answer_gpt-4.jsonl"):
         _shared_file("mt_bench", name)
     return SHARED_BENCHMARKS / "mt_bench"
+
+
+# The official IFEval implementation (lm_eval's copy), for the parity tests.
+
+@pytest.fixture(scope="module")
+def official():
+    """lm_eval's `instructions_registry` and `utils` modules, imported without a download."""
+    pytest.importorskip("lm_eval", reason="lm_eval (the reference implementation) not installed")
+    # instructions_util calls nltk.download("punkt_tab") at import when the model is missing.
+    with mock.patch.object(nltk, "download", return_value=False):
+        registry = importlib.import_module("lm_eval.tasks.ifeval.instructions_registry")
+        utils = importlib.import_module("lm_eval.tasks.ifeval.utils")
+    return registry, utils
+
+
+@pytest.fixture(scope="module")
+def seeded_langdetect():
+    # The official checkers use langdetect's global, unseeded factory; ours is seeded.
+    # Giving the global one the same seed makes their draws identical.
+    previous = langdetect.DetectorFactory.seed
+    langdetect.DetectorFactory.seed = util.LANGDETECT_SEED
+    yield
+    langdetect.DetectorFactory.seed = previous
+
+
+
+
+@pytest.fixture
+def stand_in_punkt(official, tmp_path, monkeypatch):
+    """A tiny Punkt model (three abbreviations, nothing learned) in front of nltk's data path.
+
+    Not the real model, so the counts are not the real ones; but both sides
+    load it the same way, which exercises our Punkt code path without the download.
+    """
+    model = tmp_path / "tokenizers/punkt_tab/english"
+    model.mkdir(parents=True)
+    (model / "abbrev_types.txt").write_text("dr\nmr\ne.g\n")
+    for empty in ("collocations.tab", "sent_starters.txt", "ortho_context.tab"):
+        (model / empty).write_text("")
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path), *nltk.data.path])
+    clear_punkt_caches()
+    yield
+    monkeypatch.undo()
+    clear_punkt_caches()

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections import defaultdict
 from pathlib import Path
-from unittest import mock
 
-import langdetect
-import nltk
 import pytest
 
 from evaluation import ifeval
 from evaluation.ifeval import util
 from evaluation.ifeval.registry import PUNKT_INSTRUCTIONS
+from tests.evaluation.ifeval_reference import punkt_skip_reason
+
+pytestmark = pytest.mark.usefixtures("seeded_langdetect")
 
 DATA_PATH = Path(__file__).parents[3] / "shared/benchmarks/ifeval/input_data.jsonl"
 needs_data = pytest.mark.skipif(
@@ -22,56 +21,8 @@ needs_data = pytest.mark.skipif(
 )
 needs_real_punkt = pytest.mark.skipif(
     not util.punkt_available(),
-    reason="NLTK Punkt model 'punkt_tab' not installed (python -m nltk.downloader punkt_tab); "
-    "the official number_sentences and capital_word_frequency checkers need it. "
-    "test_real_punkt_prompts_match_official_with_stand_in_model still covers our wiring.",
+    reason=punkt_skip_reason("test_real_punkt_prompts_match_official_with_stand_in_model"),
 )
-
-# The three fixtures below are the same as in test_ifeval_parity.py (pytest
-# test modules cannot import each other here, and a conftest.py is not ours).
-
-
-@pytest.fixture(scope="module")
-def official():
-    """lm_eval's `instructions_registry` and `utils` modules, imported without a download."""
-    pytest.importorskip("lm_eval", reason="lm_eval (the reference implementation) not installed")
-    # instructions_util calls nltk.download("punkt_tab") at import when the model is missing.
-    with mock.patch.object(nltk, "download", return_value=False):
-        registry = importlib.import_module("lm_eval.tasks.ifeval.instructions_registry")
-        utils = importlib.import_module("lm_eval.tasks.ifeval.utils")
-    return registry, utils
-
-
-@pytest.fixture(scope="module", autouse=True)
-def seeded_langdetect():
-    # The official checkers use langdetect's global, unseeded factory; ours is seeded.
-    previous = langdetect.DetectorFactory.seed
-    langdetect.DetectorFactory.seed = util.LANGDETECT_SEED
-    yield
-    langdetect.DetectorFactory.seed = previous
-
-
-def _clear_punkt_caches():
-    util._punkt_sentence_tokenizer.cache_clear()
-    nltk.tokenize._get_punkt_tokenizer.cache_clear()
-    official_util = importlib.import_module("lm_eval.tasks.ifeval.instructions_util")
-    official_util._get_sentence_tokenizer.cache_clear()
-
-
-@pytest.fixture
-def stand_in_punkt(official, tmp_path, monkeypatch):
-    """A tiny Punkt model (three abbreviations, nothing learned) in front of nltk's data path."""
-    model = tmp_path / "tokenizers/punkt_tab/english"
-    model.mkdir(parents=True)
-    (model / "abbrev_types.txt").write_text("dr\nmr\ne.g\n")
-    for empty in ("collocations.tab", "sent_starters.txt", "ortho_context.tab"):
-        (model / empty).write_text("")
-    monkeypatch.setattr(nltk.data, "path", [str(tmp_path), *nltk.data.path])
-    _clear_punkt_caches()
-    yield
-    monkeypatch.undo()
-    _clear_punkt_caches()
-
 
 LOREM = (
     "Lorem ipsum dolor sit amet, consectetur adipiscing elit. Sed do eiusmod tempor "
