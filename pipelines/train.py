@@ -183,11 +183,16 @@ def init_ray(cfg: DistributedTrainConfig) -> None:
     worker_cpus = cfg.scaling.num_workers * cfg.scaling.resources_per_worker.get("CPU", 1.0)
     # Leave CPUs beyond the workers' for Ray Data: with none free, reading stalls forever.
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, int(worker_cpus) + 2)
+    start_local_ray(num_cpus, cfg.data_pipeline.object_store_memory, runtime_env)
+
+
+def start_local_ray(num_cpus: int, object_store_memory: int | None = None,
+                    runtime_env: dict[str, Any] | None = None) -> None:
+    """A private embedded Ray (never some other instance that happens to run on this machine)."""
     # The dashboard (on 127.0.0.1) backs the state API that Ray Train's cleanup and Tune rely on.
-    # address="local": a private instance, never some other Ray that happens to run on this machine.
-    ray.init(address="local", num_cpus=num_cpus, object_store_memory=cfg.data_pipeline.object_store_memory,
+    ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
              runtime_env=runtime_env)
-    # Ray's state API (used by Train's placement-group cleanup when a Tune trial is stopped)
+    # The state API (used by Train's placement-group cleanup when a Tune trial is stopped)
     # finds the cluster through /tmp/ray/ray_current_cluster, which `ray start` writes but an
     # embedded instance does not: a stale file there leaks the stopped trial's CPUs.
     ray._private.utils.write_ray_address(ray.get_runtime_context().gcs_address)

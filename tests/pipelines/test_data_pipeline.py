@@ -20,7 +20,7 @@ pytestmark = pytest.mark.distributed
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
@@ -92,7 +92,8 @@ def test_streams_a_dataset_several_times_larger_than_the_object_store(tmp_path, 
                 for record in make_preference_records(3750, seed=part):
                     f.write(json.dumps({{**record, "metadata": pad}}) + "\\n")
         total = sum(p.stat().st_size for p in src.iterdir())
-        ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False,
+                 log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         stats = dp.preprocess(DataConfig(source=str(src), max_length=128, max_prompt_length=64),
                               DataPipelineSettings(tokenize_batch_size=256), {str(tiny_model_dir)!r}, False,

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from orpo.config import load_config
-from pipelines.train import run
+from pipelines.train import run, start_local_ray
 from pipelines.train_config import DistributedTrainConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 def shared_ray():
     """One local Ray for the module: 2 workers x 1 CPU plus 2 CPUs for Ray Data."""
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
-    ray.init(num_cpus=4, runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}})
+    start_local_ray(4, runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}})
     yield
     ray.shutdown()
 
@@ -99,3 +99,14 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, tiny_model_dir, data_di
     assert steps[restart] in (5, 9) and steps[restart] > 1
     assert sorted(set(steps)) == list(range(1, 13))
     assert (out / "export" / "model.safetensors").exists()
+
+
+def test_resume_from_starts_a_new_job_at_the_checkpointed_step(tmp_path, tiny_model_dir, data_dir, shared_ray):
+    first = tmp_path / "first"
+    run(_cfg(first, tiny_model_dir, data_dir, "train.max_steps=4", "train.save_steps=4"))
+    checkpoints = [p for p in (first / "ray").glob("*/checkpoint_*") if p.is_dir() and not (p / "export").exists()]
+    assert len(checkpoints) == 1
+    second = tmp_path / "second"
+    run(_cfg(second, tiny_model_dir, data_dir, "train.max_steps=6", f"checkpoint.resume_from={checkpoints[0]}"))
+    steps = [json.loads(x)["step"] for x in (second / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 6]
