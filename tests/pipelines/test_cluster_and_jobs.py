@@ -33,7 +33,7 @@ def test_two_node_cluster_places_workers_on_both_nodes(tmp_path, tiny_model_dir)
             "train.max_steps=3", "train.eval_steps=null", "scaling.placement_strategy=STRICT_SPREAD",
             "deepspeed.zero_stage=3"])
         result = run(cfg)
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True)
+        workers = list_actors(address=cluster.address, filters=[("class_name", "=", "RayTrainWorker")], detail=True)
         assert len({w.node_id for w in workers}) == 2
         assert (result["export_dir"] / "model.safetensors").exists()
     finally:

@@ -70,7 +70,7 @@ def test_zero_stages_match_and_export_reloads(tmp_path, tiny_model_dir, data_dir
     assert generated.shape == (1, 9)
 
 
-def _kill_a_worker_at(out, step):
+def _kill_a_worker_at(out, step, gcs_address):
     """Kill one Ray Train worker process once metrics.jsonl shows ``step``."""
     from ray.util.state import list_actors
 
@@ -78,7 +78,8 @@ def _kill_a_worker_at(out, step):
     metrics = out / "metrics.jsonl"
     while time.time() < deadline:
         if metrics.exists() and any(json.loads(x).get("step", 0) >= step for x in metrics.read_text().splitlines()):
-            workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+            workers = list_actors(address=gcs_address,
+                                  filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
             os.kill(workers[-1].pid, signal.SIGKILL)
             return
         time.sleep(0.2)
@@ -86,7 +87,8 @@ def _kill_a_worker_at(out, step):
 
 def test_killed_worker_resumes_from_checkpoint(tmp_path, tiny_model_dir, data_dir, shared_ray):
     out = tmp_path / "killed"
-    killer = threading.Thread(target=_kill_a_worker_at, args=(out, 6), daemon=True)
+    killer = threading.Thread(target=_kill_a_worker_at, args=(out, 6, ray.get_runtime_context().gcs_address),
+                              daemon=True)
     killer.start()
     run(_cfg(out, tiny_model_dir, data_dir, "train.max_steps=12", "train.save_steps=4",
              "checkpoint.max_failures=2"))
