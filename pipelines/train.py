@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -189,9 +190,13 @@ def init_ray(cfg: DistributedTrainConfig) -> None:
 def start_local_ray(num_cpus: int, object_store_memory: int | None = None,
                     runtime_env: dict[str, Any] | None = None) -> None:
     """A private embedded Ray (never some other instance that happens to run on this machine)."""
-    # The dashboard (on 127.0.0.1) backs the state API that Ray Train's cleanup and Tune rely on.
+    # The dashboard (on 127.0.0.1) backs the state API that Ray Train's cleanup and Tune rely on;
+    # a free port, since another Ray on this machine may hold the default 8265.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dashboard_port = probe.getsockname()[1]
     ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
-             runtime_env=runtime_env)
+             runtime_env=runtime_env, dashboard_port=dashboard_port)
     # The state API (used by Train's placement-group cleanup when a Tune trial is stopped)
     # finds the cluster through /tmp/ray/ray_current_cluster, which `ray start` writes but an
     # embedded instance does not: a stale file there leaks the stopped trial's CPUs.
