@@ -51,21 +51,26 @@ class LoopInputs:
 
 
 class MetricSums:
-    """Pair-weighted metric sums of this rank, reduced across ranks on read."""
+    """Pair-weighted metric sums of this rank, reduced across ranks on read.
+
+    Sums stay device tensors until ``reduce``, so a micro-batch costs no host sync.
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.pairs = 0.0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.pairs = 0
 
     def add(self, metrics: dict[str, torch.Tensor], n_pairs: int) -> None:
         for name, value in metrics.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value) * n_pairs
+            weighted = value.detach().double() * n_pairs
+            self.sums[name] = self.sums[name] + weighted if name in self.sums else weighted
         self.pairs += n_pairs
 
     def reduce(self, device: torch.device) -> dict[str, float]:
         names = sorted(self.sums)
-        totals = all_reduce_sum(torch.tensor([self.sums[n] for n in names] + [self.pairs],
-                                             dtype=torch.float64, device=device)).tolist()
+        values = [self.sums[n].to(device) for n in names]
+        values.append(torch.tensor(float(self.pairs), dtype=torch.float64, device=device))
+        totals = all_reduce_sum(torch.stack(values)).tolist()
         pairs = totals[-1] or 1.0
         return {name: total / pairs for name, total in zip(names, totals[:-1])}
 
@@ -116,7 +121,7 @@ def train(cfg: TrainConfig, ctx: TrainContext, engine: Engine, inputs: LoopInput
                 engine.backward(loss)
                 metrics["padding_fraction"] = batch["padding_fraction"]
                 window.add(metrics, n_pairs)
-                window_tokens += float(batch["attention_mask"].sum())
+                window_tokens = window_tokens + batch["attention_mask"].sum()
             lr = engine.lr()
             grad_norms.append(engine.step())
             state.step += 1
@@ -128,7 +133,8 @@ def train(cfg: TrainConfig, ctx: TrainContext, engine: Engine, inputs: LoopInput
             report: dict[str, Any] | None = None
             if state.step % cfg.train.logging_steps == 0 or done:
                 elapsed = time.perf_counter() - window_start
-                tokens = float(all_reduce_sum(torch.tensor([window_tokens], device=ctx.device))[0])
+                tokens = float(all_reduce_sum(torch.as_tensor(window_tokens, dtype=torch.float64,
+                                                              device=ctx.device).reshape(1))[0])
                 state.tokens_seen += tokens
                 report = window.reduce(ctx.device)
                 report.update(step=state.step, epoch=state.epoch, lr=lr, tokens_per_s=tokens / max(elapsed, 1e-9),
