@@ -64,11 +64,15 @@ def test_ray_job_submit_runs_the_training_entry_point(tmp_path):
             assert time.time() < deadline, "the local head did not come up"
             time.sleep(2)
         out = tmp_path / "job"
-        submitted = subprocess.run(
-            [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO_ROOT), "--",
-             "python", "-m", "pipelines.train", "--config", "configs/tiny_cpu.yaml", f"output_dir={out}",
-             "data.synthetic_size=200", "train.max_steps=4", "train.eval_steps=null"],
-            env=env, capture_output=True, text=True, timeout=900)
+        command = [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO_ROOT), "--",
+                   "python", "-m", "pipelines.train", "--config", "configs/tiny_cpu.yaml", f"output_dir={out}",
+                   "data.synthetic_size=200", "train.max_steps=4", "train.eval_steps=null"]
+        for _ in range(30):
+            submitted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+            # The job API answers before its agent is up; the head says so and asks to retry.
+            if "No available agent to submit job" not in submitted.stdout + submitted.stderr:
+                break
+            time.sleep(2)
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
         assert f"model exported to {out / 'export'}" in submitted.stdout
         steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
