@@ -214,9 +214,13 @@ def train_metrics(run: dict[str, Any]) -> dict[str, Any]:
     window = run["steady_window"] or {}
     window_steps = run["_window_steps"]
     cpu = [w["read_cpu_s"] - w["reset_cpu_s"] for w in workers if "read_cpu_s" in w and "reset_cpu_s" in w]
+    seen = {row["step"]: row["tokens_seen"] for row in run["rows"]}
+    reset_step, read_step = run["_cpu_window"]
+    window_tokens = seen.get(read_step, float("nan")) - seen.get(reset_step, float("nan"))
     return {
         "tokens_per_s": tokens / seconds,
         "step_s": seconds / steps,
+        "tokens_per_cpu_s": window_tokens / sum(cpu) if cpu else float("nan"),
         "steady_peak_mib": [w.get("read_hwm_mib", float("nan")) for w in workers],
         "lifetime_peak_mib": [w.get("last_hwm_mib", float("nan")) for w in workers],
         "worker_cpu_s_per_step": sum(cpu) / window_steps if cpu else float("nan"),
@@ -232,7 +236,8 @@ def train_metrics(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def tok_metrics(run: dict[str, Any]) -> dict[str, Any]:
-    return {"records_per_s": run["records"] / run["wall_s"], "wall_s": run["wall_s"],
+    return {"records_per_s": run["records"] / run["wall_s"], "records_per_cpu_s": run["records"] / run["tree_cpu_s"],
+            "wall_s": run["wall_s"],
             "cpu_s": run["tree_cpu_s"], "others_cores": run["others_cores"],
             "ray_init_s": run.get("ray_start_s"), "ray_worker_warmup_s": run.get("worker_warmup_s"),
             "records": run["records"], "accepted": run["accepted"], "process_s": run["process_s"]}
@@ -245,13 +250,16 @@ def _median(values: list[float]) -> float:
 
 def summarize(train_runs: dict[str, list[dict]], tok_runs: dict[str, list[dict]], sizes: Sizes) -> dict[str, Any]:
     window_steps = sizes.steps - 2 * sizes.logging_steps
-    train = {name: [train_metrics({**run, "_window_steps": window_steps}) for run in runs]
+    cpu_window = (sizes.logging_steps, sizes.steps - sizes.logging_steps)
+    train = {name: [train_metrics({**run, "_window_steps": window_steps, "_cpu_window": cpu_window})
+                    for run in runs]
              for name, runs in train_runs.items()}
     tok = {name: [tok_metrics(run) for run in runs] for name, runs in tok_runs.items()}
     rows: dict[str, dict[str, Any]] = {}
     for name, metrics in train.items():
         rows[name] = {key: _median([m[key] for m in metrics]) for key in
-                      ("tokens_per_s", "step_s", "worker_cpu_s_per_step", "cores_per_worker", "others_cores",
+                      ("tokens_per_s", "step_s", "tokens_per_cpu_s", "worker_cpu_s_per_step", "cores_per_worker",
+                       "others_cores",
                        "ray_init_s", "to_first_report_s", "process_s", "final_loss")}
         n_workers = len(metrics[0]["steady_peak_mib"])
         for key in ("steady_peak_mib", "lifetime_peak_mib"):
@@ -260,7 +268,8 @@ def summarize(train_runs: dict[str, list[dict]], tok_runs: dict[str, list[dict]]
         rows[name]["omp_env_at_exec"] = metrics[-1]["omp_env_at_exec"]
     for name, metrics in tok.items():
         rows[name] = {key: _median([m[key] for m in metrics]) for key in
-                      ("records_per_s", "wall_s", "cpu_s", "others_cores", "ray_init_s", "ray_worker_warmup_s",
+                      ("records_per_s", "records_per_cpu_s", "wall_s", "cpu_s", "others_cores", "ray_init_s",
+                       "ray_worker_warmup_s",
                        "process_s")}
         rows[name]["accepted"] = metrics[-1]["accepted"]
         rows[name]["records"] = metrics[-1]["records"]
@@ -270,21 +279,31 @@ def summarize(train_runs: dict[str, list[dict]], tok_runs: dict[str, list[dict]]
             return None
         return _median([reduce(x[key]) / reduce(y[key]) for x, y in zip(source[a], source[b])])
 
+    def both(a: str, b: str, wall_key: str, cpu_key: str | None, source: dict[str, list[dict]]) -> dict | None:
+        wall = ratio(a, b, wall_key, source)
+        if wall is None:
+            return None
+        return {"wall": wall, "cpu": ratio(a, b, cpu_key, source) if cpu_key else None}
+
+    # "cpu": the same ratio on CPU time (tokens or records per CPU-second; CPU-seconds per step),
+    # which the neighbours' load moves much less than wall time.
     ratios = {
-        "2w/1w tokens/s (ZeRO-2)": ratio("2w_z2", "1w_z2", "tokens_per_s", train),
-        "2w/1w step time (ZeRO-2)": ratio("2w_z2", "1w_z2", "step_s", train),
-        "1w x 2 CPUs / 1w x 1 CPU tokens/s": ratio("1w2cpu_z2", "1w_z2", "tokens_per_s", train),
-        "2w / (1w x 2 CPUs) tokens/s": ratio("2w_z2", "1w2cpu_z2", "tokens_per_s", train),
-        "ZeRO-2/ZeRO-0 step time": ratio("2w_z2", "2w_z0", "step_s", train),
-        "ZeRO-3/ZeRO-0 step time": ratio("2w_z3", "2w_z0", "step_s", train),
+        "2w/1w tokens/s (ZeRO-2)": both("2w_z2", "1w_z2", "tokens_per_s", "tokens_per_cpu_s", train),
+        "2w/1w step time (ZeRO-2)": both("2w_z2", "1w_z2", "step_s", "worker_cpu_s_per_step", train),
+        "1w x 2 CPUs / 1w x 1 CPU tokens/s": both("1w2cpu_z2", "1w_z2", "tokens_per_s", "tokens_per_cpu_s", train),
+        "2w / (1w x 2 CPUs) tokens/s": both("2w_z2", "1w2cpu_z2", "tokens_per_s", "tokens_per_cpu_s", train),
+        "ZeRO-2/ZeRO-0 step time": both("2w_z2", "2w_z0", "step_s", "worker_cpu_s_per_step", train),
+        "ZeRO-3/ZeRO-0 step time": both("2w_z3", "2w_z0", "step_s", "worker_cpu_s_per_step", train),
         "ZeRO-2/ZeRO-0 steady peak RSS (max worker)": ratio("2w_z2", "2w_z0", "steady_peak_mib", train, max),
         "ZeRO-3/ZeRO-0 steady peak RSS (max worker)": ratio("2w_z3", "2w_z0", "steady_peak_mib", train, max),
-        "Ray Data / datasets.map records/s, 1 CPU": ratio("ray_1", "hf_1", "records_per_s", tok),
-        "Ray Data / datasets.map records/s, 2 CPUs": ratio("ray_2", "hf_2", "records_per_s", tok),
-        "Ray Data 2 CPUs / 1 CPU records/s": ratio("ray_2", "ray_1", "records_per_s", tok),
-        "datasets.map 2 procs / 1 proc records/s": ratio("hf_2", "hf_1", "records_per_s", tok),
+        "Ray Data / datasets.map records/s, 1 CPU": both("ray_1", "hf_1", "records_per_s", "records_per_cpu_s", tok),
+        "Ray Data / datasets.map records/s, 2 CPUs": both("ray_2", "hf_2", "records_per_s", "records_per_cpu_s", tok),
+        "Ray Data 2 CPUs / 1 CPU records/s": both("ray_2", "ray_1", "records_per_s", "records_per_cpu_s", tok),
+        "datasets.map 2 procs / 1 proc records/s": both("hf_2", "hf_1", "records_per_s", "records_per_cpu_s", tok),
     }
-    return {"rows": rows, "ratios": {k: v for k, v in ratios.items() if v is not None},
+    ratios = {k: v if isinstance(v, dict) else {"wall": v, "cpu": None}
+              for k, v in ratios.items() if v is not None}
+    return {"rows": rows, "ratios": ratios,
             "per_run": {"train": train, "tok": tok}}
 
 
@@ -333,15 +352,16 @@ def render(sizes: Sizes, prep: dict[str, Any], summary: dict[str, Any], quick: b
 
     train_names = [n_ for n_ in TRAIN_LABELS if n_ in rows]
     if train_names:
-        header = (f"{'1-2. training (fp32 CPU, DeepSpeed)':<34}{'tok/s':>8}{'s/step':>8}{'wkr CPU-s':>10}"
+        header = (f"{'1-2. training (fp32 CPU, DeepSpeed)':<34}{'tok/s':>8}{'s/step':>8}{'tok/':>7}{'wkr CPU-s':>10}"
                   f"{'cores/':>7}{'others':>7}{'threads':>8}{'peak RSS MiB/worker':>21}{'lifetime':>11}")
         out.append(header)
-        out.append(f"{'':<34}{'':>8}{'':>8}{'/step':>10}{'worker':>7}{'cores':>7}{'/worker':>8}"
+        out.append(f"{'':<34}{'':>8}{'':>8}{'CPU-s':>7}{'/step':>10}{'worker':>7}{'cores':>7}{'/worker':>8}"
                    f"{'(steady)':>21}{'peak MiB':>11}")
         for name in train_names:
             row = rows[name]
             threads = "/".join(str(t) for t in row["busy_threads"])
             out.append(f"  {TRAIN_LABELS[name]:<32}{row['tokens_per_s']:>8.0f}{row['step_s']:>8.3f}"
+                       f"{row['tokens_per_cpu_s']:>7.0f}"
                        f"{row['worker_cpu_s_per_step']:>10.3f}{row['cores_per_worker']:>7.2f}"
                        f"{row['others_cores']:>7.2f}{threads:>8}{_fmt_list(row['steady_peak_mib']):>21}"
                        f"{_fmt_list(row['lifetime_peak_mib']):>11}")
@@ -352,29 +372,32 @@ def render(sizes: Sizes, prep: dict[str, Any], summary: dict[str, Any], quick: b
                    "set), so torch computes on 1 thread per 1-CPU worker; the column counts the threads that "
                    "used >=20% of the busiest thread's CPU in the steady window")
         out.append("  tok/s: real (non-pad) tokens of all workers per wall second; s/step: wall per optimiser "
-                   "step; wkr CPU-s/step: all workers' CPU time per step; cores/worker: a worker's CPU time "
+                   "step; tok/CPU-s: the same tokens per second of the workers' CPU time; "
+                   "wkr CPU-s/step: all workers' CPU time per step; cores/worker: a worker's CPU time "
                    "per wall second; others cores: machine busy time not ours per wall second")
         out.append("")
 
     tok_names = [n_ for n_ in TOK_LABELS if n_ in rows]
     if tok_names:
-        out.append(f"{'3. tokenization':<34}{'records/s':>10}{'wall s':>8}{'CPU s':>8}{'others':>8}"
+        out.append(f"{'3. tokenization':<34}{'records/s':>10}{'rec/CPU-s':>10}{'wall s':>8}{'CPU s':>8}{'others':>8}"
                    f"{'ray.init s':>12}{'worker warm-up s':>18}")
         example = rows[tok_names[0]]
         for name in tok_names:
             row = rows[name]
             init, warm = (f"{row[k]:.1f}" if not math.isnan(row[k]) else "-"
                           for k in ("ray_init_s", "ray_worker_warmup_s"))
-            out.append(f"  {TOK_LABELS[name]:<32}{row['records_per_s']:>10.0f}{row['wall_s']:>8.2f}"
+            out.append(f"  {TOK_LABELS[name]:<32}{row['records_per_s']:>10.0f}{row['records_per_cpu_s']:>10.0f}"
+                       f"{row['wall_s']:>8.2f}"
                        f"{row['cpu_s']:>8.2f}{row['others_cores']:>8.2f}{init:>12}{warm:>18}")
         out.append(f"  {example['records']} synthetic records in one JSONL file; timed: read + tokenize + write "
                    "Parquet (Ray: also the stats/rejects pass), start-up excluded and shown apart; CPU s: "
                    "this process tree")
         out.append("")
 
-    out.append(f"{'ratios (medians of per-round ratios)':<52}{'value':>8}")
+    out.append(f"{'ratios (medians of per-round ratios)':<52}{'wall':>8}{'CPU time':>10}")
     for name, value in ratios.items():
-        out.append(f"  {name:<50}{value:>8.2f}")
+        cpu = f"{value['cpu']:.2f}" if value["cpu"] is not None else ""
+        out.append(f"  {name:<50}{value['wall']:>8.2f}{cpu:>10}")
     out.append("")
     out.append(f"caveat: {os.cpu_count()} cores shared with other processes ('others cores' above); "
                "2 workers x 1 thread share the same 2 cores, so 2-worker scaling is bounded by 2x "
