@@ -222,7 +222,7 @@ def _ray_init(num_cpus: int) -> float:
 
     Ray Train's PlacementGroupCleaner asks the state API whether the controller is alive, and
     without an address the state API goes to the machine-wide ``/tmp/ray/ray_current_cluster``
-    (``pipelines.train.init_ray`` rewrites that file). Pointed at a dead or foreign cluster,
+    (``pipelines.ray_runtime.init_ray`` rewrites that file). Pointed at a dead or foreign cluster,
     every fit ended with a 12 s stall here. So the dashboard gets a known port and the
     workers' ``RAY_API_SERVER_ADDRESS`` names it: this Ray's state API, no shared file touched.
     """
@@ -243,13 +243,13 @@ def _ray_init(num_cpus: int) -> float:
 
 def _train_config(spec: dict[str, Any], overrides: list[str]) -> Any:
     from orpo.config import load_config
-    from pipelines.train_config import DistributedTrainConfig
+    from pipelines.config import Config
 
     base = [f"model.name_or_path={spec['model_dir']}", f"data.max_length={spec['max_length']}",
             f"data.max_prompt_length={spec['max_prompt_length']}", "data.eval_fraction=0.0",
             f"data.synthetic_size={spec['train_records']}", f"data_pipeline.data_dir={spec['data_dir']}",
             f"ray.num_cpus={spec['num_cpus']}"]
-    return load_config(DistributedTrainConfig, REPO / "configs" / "tiny_cpu.yaml", base + overrides)
+    return load_config(Config, REPO / "configs" / "tiny_cpu.yaml", base + overrides)
 
 
 def run_prep(spec: dict[str, Any]) -> dict[str, Any]:
@@ -280,10 +280,10 @@ def run_train(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = _train_config(spec, [
         f"output_dir={out_dir}", f"scaling.num_workers={spec['num_workers']}",
         f"scaling.resources_per_worker={{CPU: {spec['cpus_per_worker']}}}",
-        f"deepspeed.zero_stage={spec['zero_stage']}", f"train.max_steps={steps}", f"train.logging_steps={log}",
-        "train.save_steps=0", "train.eval_steps=null", "train.eval_at_start=false", "checkpoint.max_failures=0",
-        "checkpoint.num_to_keep=1", f"train.global_batch_size={spec['global_batch']}",
-        f"train.micro_batch_size={spec['micro_batch']}"])
+        f"deepspeed.zero_stage={spec['zero_stage']}", f"loop.max_steps={steps}", f"loop.logging_steps={log}",
+        "loop.save_steps=null", "loop.eval_steps=null", "loop.eval_at_start=false", "checkpoint.max_failures=0",
+        "checkpoint.num_to_keep=1", f"loop.global_batch_size={spec['global_batch']}",
+        f"loop.micro_batch_size={spec['micro_batch']}"])
     ray_start_s = _ray_init(spec["num_cpus"])
     monitor = TrainMonitor(out_dir / "metrics.jsonl", spec["num_workers"], reset_step=log, read_step=steps - log)
     monitor.start()
@@ -324,7 +324,7 @@ def run_ray_tok(spec: dict[str, Any]) -> dict[str, Any]:
     from orpo.config import from_dict
     from orpo.trainer_config import DataConfig
     from pipelines import data as data_pipeline
-    from pipelines.train_config import DataPipelineSettings
+    from pipelines.config import DataPipelineSettings
 
     cfg = from_dict(DataConfig, {"source": spec["jsonl"], "max_length": spec["max_length"],
                                  "max_prompt_length": spec["max_prompt_length"], "eval_fraction": 0.05})

@@ -36,44 +36,14 @@ from typing import Any, Callable, Sequence
 import openai
 from tqdm.auto import tqdm
 
+from evaluation.settings import JudgeConfig  # noqa: F401  (the client's config)
+
 logger = logging.getLogger(__name__)
 
 # Placeholder for keyless servers (vLLM without --api-key); the openai client refuses None.
 NO_KEY_PLACEHOLDER = "EMPTY"
 # Statuses worth retrying: timeouts, lock conflicts, rate limits and server errors.
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
-
-
-@dataclass
-class JudgeConfig:
-    """Which judge to call and how hard to push it."""
-
-    base_url: str = "https://api.openai.com/v1"
-    """OpenAI-compatible base URL, e.g. `http://127.0.0.1:8000/v1` for a vLLM server."""
-    model: str = "gpt-4-1106-preview"
-    """Judge model name sent to the endpoint; part of every cache key."""
-    api_key_env: str | None = "OPENAI_API_KEY"
-    """Name of the environment variable that holds the key (never the key itself). None: keyless
-    server."""
-    concurrency: int = 8
-    """Maximum number of requests in flight."""
-    max_retries: int = 8
-    """Retries per request after the first attempt, on 408/409/429/5xx, timeouts, connection
-    errors."""
-    backoff_initial_s: float = 1.0
-    """First backoff delay; doubles on each retry, with jitter."""
-    backoff_max_s: float = 60.0
-    """Cap on any single wait, including a server's Retry-After."""
-    timeout_s: float = 120.0
-    """Per-request timeout."""
-    cache_path: str | None = None
-    """Append-only JSONL judgment cache. None: no cache (every call hits the endpoint)."""
-    usd_per_million_prompt_tokens: float = 0.0
-    """Price of prompt tokens, for cost accounting."""
-    usd_per_million_completion_tokens: float = 0.0
-    """Price of completion tokens, for cost accounting."""
-    progress: bool = True
-    """Show a progress bar in `complete_many`."""
 
 
 @dataclass(frozen=True)

@@ -29,46 +29,21 @@ import os
 import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from evaluation.fixture_judge import FIXTURE_MODEL_NAME
-from evaluation.judges import ChatRequest, JudgeClient, JudgeConfig, Judgment, template_id
+from evaluation.judges import ChatRequest, JudgeClient, Judgment, template_id
+from evaluation.settings import MT_BENCH_JUDGE_MODEL as OFFICIAL_JUDGE_MODEL
+from evaluation.settings import NEED_REF_CATS, MTBenchConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared" / "benchmarks" / "mt_bench"
-NEED_REF_CATS = ("math", "reasoning", "coding")
-OFFICIAL_JUDGE_MODEL = "gpt-4"
 # FastChat common.py
 ONE_SCORE_PATTERN = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 ONE_SCORE_PATTERN_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 N_QUESTIONS = 80
-
-
-def _shared(name: str) -> str:
-    return str(SHARED_DIR / name)
-
-
-@dataclass
-class MTBenchConfig:
-    """MT-Bench settings; paths default to the shared benchmark copy."""
-
-    questions: str = field(default_factory=lambda: _shared("question.jsonl"))
-    """FastChat `question.jsonl`: question_id, category, turns."""
-    judge_prompts: str = field(default_factory=lambda: _shared("judge_prompts.jsonl"))
-    """FastChat `judge_prompts.jsonl` (single-v1, single-math-v1, and their multi-turn forms)."""
-    reference_answers: str = field(default_factory=lambda: _shared("reference_answer_gpt-4.jsonl"))
-    """FastChat `reference_answer/gpt-4.jsonl`, for the reference-based categories."""
-    judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(model=OFFICIAL_JUDGE_MODEL))
-    """Judge endpoint; `cache_path` None means `<output_dir>/judge_cache.jsonl`."""
-    temperature: float = 0.0
-    """Judge decoding, as FastChat's `run_judge_single`."""
-    max_tokens: int = 2048
-    need_ref_categories: tuple[str, ...] = NEED_REF_CATS
-    """Categories graded against GPT-4's reference answers (FastChat's `NEED_REF_CATS`)."""
-    question_ids: tuple[int, ...] | None = None
-    """Grade only these questions (smoke runs; flagged as not comparable). None: all 80."""
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in override:
             raise ConfigError(f"override '{override}' is not of the form key=value")
         dotted, raw = override.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override '{dotted}': the value {raw!r} is not valid YAML: {error}") from None
         node = data
         parts = dotted.strip().split(".")
         for part in parts[:-1]:
@@ -108,14 +111,52 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def require(condition: bool, key: str, message: str, value: Any) -> None:
+    """Range checks in ``__post_init__``: a bad value names its key, at load time."""
+    if not condition:
+        raise ConfigError(f"'{key}' {message}, got {value!r}")
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
     return from_dict(cls, apply_overrides(data, overrides or []))
+
+
+def replace_values(config: T, values: dict[str, Any]) -> T:
+    """A copy of ``config`` with dotted keys replaced: typed composition without string round trips.
+
+    Each value is checked against its field's type exactly as a YAML value would be (unknown keys
+    and wrong types raise ``ConfigError`` naming the key); sections are rebuilt with
+    ``dataclasses.replace``, so their own validation runs again.
+    """
+    for dotted, value in values.items():
+        config = _replace_path(config, dotted.split("."), value, dotted)
+    return config
+
+
+def _replace_path(node: Any, parts: list[str], value: Any, dotted: str) -> Any:
+    if not dataclasses.is_dataclass(node):
+        raise ConfigError(f"'{dotted}': '{parts[0]}' is not under a config section")
+    fields = {f.name for f in dataclasses.fields(node) if f.init}
+    name = parts[0]
+    if name not in fields:
+        prefix = dotted[: len(dotted) - len(".".join(parts))]
+        raise ConfigError(f"unknown config key '{dotted}' (known keys under "
+                          f"'{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(fields))})")
+    if len(parts) > 1:
+        new = _replace_path(getattr(node, name), parts[1:], value, dotted)
+    else:
+        hint = typing.get_type_hints(type(node))[name]
+        new = _coerce(hint, to_dict(value) if dataclasses.is_dataclass(value) else value, dotted)
+    return dataclasses.replace(node, **{name: new})
 
 
 def to_dict(config: Any) -> Any:

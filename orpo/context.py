@@ -23,6 +23,8 @@ class TrainContext(Protocol):
     device: torch.device
     checkpoint_dir: Path
     """Where this worker writes checkpoints before reporting them."""
+    restore_dir: Path | None
+    """The checkpoint to resume from: a restarted run's latest, or ``checkpoint.resume_from``."""
 
     def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:
         """Publish metrics (identical on every rank), optionally with a checkpoint directory."""
@@ -48,8 +50,10 @@ class LocalContext:
     rank = 0
     world_size = 1
 
-    def __init__(self, output_dir: str | Path, device: torch.device | str = "cpu", echo: bool = True):
+    def __init__(self, output_dir: str | Path, device: torch.device | str = "cpu", echo: bool = True,
+                 restore_dir: Path | None = None):
         self.output_dir = Path(output_dir)
+        self.restore_dir = restore_dir
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.device = torch.device(device)

@@ -16,6 +16,7 @@ is dropped silently.
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -225,6 +226,15 @@ def _response_ids(tokenizer: Any, prompt: list[Message], prompt_text: str, respo
     return ids + [eos]
 
 
+def assign_split(source: str, row: int, eval_fraction: float, seed: int) -> str:
+    """``train`` or ``eval`` by a seeded hash of the record's source position (label and row).
+
+    The one train/eval split of both launchers: stable across runs, workers and file order.
+    """
+    digest = hashlib.blake2b(f"{seed}:{source}:{row}".encode(), digest_size=8).digest()
+    return "eval" if int.from_bytes(digest, "little") / 2**64 < eval_fraction else "train"
+
+
 def tokenize_records(
     records: Iterable[Mapping[str, Any]],
     tokenizer: Any,
@@ -243,6 +253,9 @@ def tokenize_records(
     for position, record in enumerate(records):
         index = next(index_iter) if index_iter is not None else position
         try:
+            if not isinstance(record, Mapping):
+                raise RecordError(index, "<record>", RejectReason.WRONG_TYPE,
+                                  f"a record must be a JSON object, got {type(record).__name__}")
             pair = normalize_record(record, index, columns)
             out.examples.append(tokenize_pair(pair, tokenizer, spec, index, columns))
         except RecordError as error:

@@ -101,7 +101,7 @@ class TorchEngine:
                    directory / "engine.pt")
 
     def load_checkpoint(self, directory: Path) -> dict[str, Any]:
-        state = torch.load(directory / "engine.pt", map_location="cpu", weights_only=False)
+        state = torch.load(directory / "engine.pt", map_location="cpu", weights_only=True)
         missing = set(n for n, p in self.module.named_parameters() if p.requires_grad) - set(state["model"])
         if missing:
             raise ValueError(f"checkpoint {directory} lacks parameters: {sorted(missing)[:5]}")

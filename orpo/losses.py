@@ -28,6 +28,13 @@ class LossType(str, enum.Enum):
     SFT = "sft"
 
     @property
+    def default_beta(self) -> float | None:
+        """β when the config leaves it unset: DPO's KL strength 0.1 (Rafailov et al.); SimPO's
+        reward scale 2.0 (the SimPO repo's Mistral/Llama-3 base recipes use 2.0-2.5, 10 for
+        Llama-3-Instruct). ORPO and SFT have no β."""
+        return {LossType.DPO: 0.1, LossType.SIMPO: 2.0}.get(self)
+
+    @property
     def needs_reference_model(self) -> bool:
         """DPO compares against a frozen reference policy; the others are reference-free."""
         return self is LossType.DPO
@@ -191,7 +198,9 @@ def _reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
 
 
 def _logp_metrics(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -> Metrics:
-    return {"logps/chosen": chosen_logps.float().mean(), "logps/rejected": rejected_logps.float().mean()}
+    # The log-prob margin does not depend on λ or β, so it compares runs across them.
+    return {"logps/chosen": chosen_logps.float().mean(), "logps/rejected": rejected_logps.float().mean(),
+            "logps/margin": (chosen_logps.float() - rejected_logps.float()).mean()}
 
 
 def _detached(metrics: Metrics) -> Metrics:

@@ -47,12 +47,12 @@ def _orpo(lp: PairLogps, nll: torch.Tensor, cfg: LossConfig, ref) -> tuple[torch
 
 
 def _simpo(lp: PairLogps, nll: torch.Tensor, cfg: LossConfig, ref) -> tuple[torch.Tensor, Metrics]:
-    return simpo_loss(lp.chosen.mean, lp.rejected.mean, cfg.beta, cfg.gamma_beta_ratio, cfg.label_smoothing)
+    return simpo_loss(lp.chosen.mean, lp.rejected.mean, cfg.beta_value(), cfg.gamma_beta_ratio, cfg.label_smoothing)
 
 
 def _dpo(lp: PairLogps, nll: torch.Tensor, cfg: LossConfig, ref) -> tuple[torch.Tensor, Metrics]:
     ref_chosen, ref_rejected = ref
-    return dpo_loss(lp.chosen.sum, lp.rejected.sum, ref_chosen, ref_rejected, cfg.beta, cfg.label_smoothing)
+    return dpo_loss(lp.chosen.sum, lp.rejected.sum, ref_chosen, ref_rejected, cfg.beta_value(), cfg.label_smoothing)
 
 
 def _sft(lp: PairLogps, nll: torch.Tensor, cfg: LossConfig, ref) -> tuple[torch.Tensor, Metrics]:

@@ -35,23 +35,48 @@ def expand_files(source: str) -> list[str]:
     return files
 
 
-def load_records(source: str, split: str = "train", revision: str | None = None, synthetic_size: int = 2000,
-                 seed: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-    """All records of ``source`` as dicts, in source order (``limit`` keeps the first N)."""
+def source_label(source: str, split: str, file: str | None = None) -> str:
+    """The name a record's source goes by in rejects and in the train/eval split hash.
+
+    ``synthetic``; ``hf:NAME:SPLIT`` for a hub dataset; a file's absolute path (or its URI). The
+    Ray pipeline (``pipelines.data``) labels its records the same way, so both launchers split a
+    config's data identically.
+    """
     if is_synthetic(source):
-        records = make_preference_records(synthetic_size, seed)
+        return SYNTHETIC
+    if source.startswith(HUB_PREFIX):
+        return f"{source}:{split}"
+    assert file is not None
+    return file if "://" in file else str(Path(file).resolve())
+
+
+def load_labeled_records(source: str, split: str = "train", revision: str | None = None,
+                         synthetic_size: int = 2000, seed: int = 0, limit: int | None = None
+                         ) -> list[tuple[str, int, Any]]:
+    """``(source label, row, record)`` for every record of ``source``, in source order.
+
+    ``row`` is the record's position in its file (non-blank JSONL lines, JSON list items,
+    Parquet rows) or dataset; ``limit`` keeps the first N. Records are returned as read:
+    a row that is not a JSON object is the tokenizer's to reject, not this reader's to drop.
+    """
+    if is_synthetic(source):
+        labeled = [(SYNTHETIC, row, r) for row, r in enumerate(make_preference_records(synthetic_size, seed))]
     elif source.startswith(HUB_PREFIX):
         import datasets
 
         dataset = datasets.load_dataset(source[len(HUB_PREFIX):], split=split, revision=revision)
-        records = dataset.to_list() if limit is None else dataset.select(range(min(limit, len(dataset)))).to_list()
+        if limit is not None:
+            dataset = dataset.select(range(min(limit, len(dataset))))
+        label = source_label(source, split)
+        labeled = [(label, row, r) for row, r in enumerate(dataset.to_list())]
     else:
-        records = []
+        labeled = []
         for file in expand_files(source):
-            records.extend(_read_file(file))
-            if limit is not None and len(records) >= limit:
+            label = source_label(source, split, file)
+            labeled.extend((label, row, r) for row, r in enumerate(_read_file(file)))
+            if limit is not None and len(labeled) >= limit:
                 break
-    return records[:limit] if limit is not None else records
+    return labeled[:limit] if limit is not None else labeled
 
 
 def _read_file(file: str) -> list[dict[str, Any]]:

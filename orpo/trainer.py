@@ -19,7 +19,7 @@ import torch
 from orpo.context import TrainContext, all_reduce_sum
 from orpo.engine import Engine, rng_state, set_rng_state
 from orpo.objective import GlobalCounts, ReferenceLogps, batch_counts, micro_batch_loss
-from orpo.trainer_config import TrainConfig
+from orpo.trainer_config import TrainSections
 
 Batch = dict[str, torch.Tensor]
 
@@ -84,29 +84,21 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    steps = steps_per_epoch * cfg.train.epochs
-    return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
-
-
-def train(cfg: TrainConfig, ctx: TrainContext, engine: Engine, inputs: LoopInputs,
-          resume_from: Path | None = None) -> TrainState:
-    """Run training to ``total_steps``; resume from a checkpoint directory when given."""
+def train(cfg: TrainSections, ctx: TrainContext, engine: Engine, inputs: LoopInputs) -> TrainState:
+    """Run training to ``loop.total_steps``; resume from ``ctx.restore_dir`` when it is set."""
     state = TrainState()
-    if resume_from is not None:
-        client_state = engine.load_checkpoint(Path(resume_from))
-        state = TrainState(**client_state["train_state"])
-        set_rng_state(client_state["rng"])
-    accumulation = cfg.train.accumulation_steps(ctx.world_size)
-    last_step = total_steps(cfg, inputs.steps_per_epoch)
+    if ctx.restore_dir is not None:
+        state = restore_checkpoint(ctx, engine, Path(ctx.restore_dir))
+    accumulation = cfg.loop.accumulation_steps(ctx.world_size)
+    last_step = cfg.loop.total_steps(inputs.steps_per_epoch)
     window, window_start, window_tokens = MetricSums(), time.perf_counter(), 0.0
     grad_norms: list[float] = []
     engine.module.train()
 
     per_epoch = inputs.steps_per_epoch * accumulation
-    if inputs.eval_batches is not None and cfg.train.eval_at_start and state.step == 0:
+    if inputs.eval_batches is not None and cfg.loop.eval_at_start and state.step == 0:
         ctx.report({"step": 0, **evaluate(cfg, ctx, engine.module, inputs)})
-    while state.step < last_step and state.epoch < cfg.train.epochs:
+    while state.step < last_step and state.epoch < cfg.loop.epochs:
         # Resuming mid-epoch skips what the checkpointed run already consumed.
         epoch_batches = iter(inputs.train_batches(state.epoch))
         batches = itertools.islice(epoch_batches, state.micro_batches_in_epoch, per_epoch)
@@ -117,7 +109,7 @@ def train(cfg: TrainConfig, ctx: TrainContext, engine: Engine, inputs: LoopInput
             for batch in group:
                 loss, metrics, n_pairs = micro_batch_loss(
                     engine.module, batch, cfg.loss, counts, ctx.world_size, inputs.reference,
-                    inputs.chunked, cfg.train.logits_chunk_size)
+                    inputs.chunked, cfg.loop.logits_chunk_size)
                 engine.backward(loss)
                 metrics["padding_fraction"] = batch["padding_fraction"]
                 window.add(metrics, n_pairs)
@@ -131,7 +123,7 @@ def train(cfg: TrainConfig, ctx: TrainContext, engine: Engine, inputs: LoopInput
             done = state.step >= last_step
 
             report: dict[str, Any] | None = None
-            if state.step % cfg.train.logging_steps == 0 or done:
+            if state.step % cfg.loop.logging_steps == 0 or done:
                 elapsed = time.perf_counter() - window_start
                 tokens = float(all_reduce_sum(torch.as_tensor(window_tokens, dtype=torch.float64,
                                                               device=ctx.device).reshape(1))[0])
@@ -141,10 +133,10 @@ def train(cfg: TrainConfig, ctx: TrainContext, engine: Engine, inputs: LoopInput
                               grad_norm=sum(grad_norms) / len(grad_norms), tokens_seen=state.tokens_seen)
                 window, window_start, window_tokens, grad_norms = MetricSums(), time.perf_counter(), 0.0, []
             if inputs.eval_batches is not None and (
-                    done or (cfg.train.eval_steps and state.step % cfg.train.eval_steps == 0)):
+                    done or (cfg.loop.eval_steps and state.step % cfg.loop.eval_steps == 0)):
                 report = {**(report or {"step": state.step}), **evaluate(cfg, ctx, engine.module, inputs)}
             checkpoint = None
-            if done or (cfg.train.save_steps and state.step % cfg.train.save_steps == 0):
+            if done or (cfg.loop.save_steps and state.step % cfg.loop.save_steps == 0):
                 checkpoint = save_checkpoint(ctx, engine, state)
             if report is not None or checkpoint is not None:
                 ctx.report(report or {"step": state.step}, checkpoint=checkpoint)
@@ -157,14 +149,32 @@ def train(cfg: TrainConfig, ctx: TrainContext, engine: Engine, inputs: LoopInput
     return state
 
 
+def _rng_path(directory: Path, rank: int) -> Path:
+    return directory / f"rng_rank{rank:05d}.pt"
+
+
 def save_checkpoint(ctx: TrainContext, engine: Engine, state: TrainState) -> Path:
+    """Engine state plus this rank's own RNG state (ranks draw different dropout masks)."""
     directory = Path(ctx.checkpoint_dir) / f"step_{state.step:08d}"
-    engine.save_checkpoint(directory, {"train_state": asdict(state), "rng": rng_state()})
+    engine.save_checkpoint(directory, {"train_state": asdict(state)})
+    torch.save(rng_state(), _rng_path(directory, ctx.rank))
     return directory
 
 
+def restore_checkpoint(ctx: TrainContext, engine: Engine, directory: Path) -> TrainState:
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint.resume_from: {directory} is not a directory")
+    client_state = engine.load_checkpoint(directory)
+    rng_file = _rng_path(directory, ctx.rank)
+    if not rng_file.exists():
+        raise FileNotFoundError(f"{directory} has no RNG state for rank {ctx.rank} ({rng_file.name}): it was "
+                                "written by a run with fewer workers; resume with the same number of workers")
+    set_rng_state(torch.load(rng_file, weights_only=True))
+    return TrainState(**client_state["train_state"])
+
+
 @torch.no_grad()
-def evaluate(cfg: TrainConfig, ctx: TrainContext, model: torch.nn.Module, inputs: LoopInputs) -> dict[str, Any]:
+def evaluate(cfg: TrainSections, ctx: TrainContext, model: torch.nn.Module, inputs: LoopInputs) -> dict[str, Any]:
     """Eval-set means of the loss metrics, prefixed ``eval/``, reduced over ranks."""
     assert inputs.eval_batches is not None
     was_training = model.training
@@ -175,7 +185,7 @@ def evaluate(cfg: TrainConfig, ctx: TrainContext, model: torch.nn.Module, inputs
         # Local denominators: ranks may hold different numbers of eval batches, so no collective here.
         pairs, nll_tokens = batch_counts(batch, cfg.loss).tolist()
         _, metrics, n_pairs = micro_batch_loss(model, batch, cfg.loss, GlobalCounts(pairs, nll_tokens), 1,
-                                               inputs.reference, inputs.chunked, cfg.train.logits_chunk_size)
+                                               inputs.reference, inputs.chunked, cfg.loop.logits_chunk_size)
         sums.add(metrics, n_pairs)
     model.train(was_training)
     return {f"eval/{name}": value for name, value in sums.reduce(ctx.device).items()}

@@ -1,10 +1,15 @@
-"""The training config: model, data, loss, optimiser and loop settings as typed dataclasses."""
+"""The training sections of the config: model, data, loss, optimiser and loop, as typed dataclasses.
+
+They are sections of the one config root, ``pipelines.config.Config``; the code in ``orpo`` is
+written against ``TrainSections`` (the sections it reads), so it never needs the root itself.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
+from orpo.config import require
 from orpo.data import Columns, TokenizeSpec
 from orpo.logps import LogitsMode, NllSpan
 from orpo.losses import LossType
@@ -27,13 +32,21 @@ class LoraConfig:
     save: Literal["merged", "adapter"] = "merged"
     """Export the merged full model, or the adapter weights alone."""
 
+    def __post_init__(self) -> None:
+        require(self.r > 0, "model.lora.r", "must be > 0", self.r)
+        require(0.0 <= self.dropout < 1.0, "model.lora.dropout", "must be in [0, 1)", self.dropout)
+
 
 @dataclass
 class ModelConfig:
     """Which model to train and how to load it."""
 
     name_or_path: str = "tiny"
-    """HF hub name or local path; ``tiny`` builds the random-init tiny Llama under the output dir."""
+    """HF hub name or local path; ``tiny`` builds the random-init tiny Llama under the output dir.
+    Training starts from it; generation and evaluation answer with it."""
+    display_name: str | None = None
+    """Name written into benchmark outputs (AlpacaEval ``generator``, MT-Bench ``model_id``);
+    unset: the last component of ``name_or_path``."""
     revision: str | None = None
     """Hub revision (branch, tag or commit)."""
     trust_remote_code: bool = False
@@ -82,6 +95,16 @@ class DataConfig:
     seed: int = 0
     """Seed for the shuffle and the train/eval split."""
 
+    def __post_init__(self) -> None:
+        require(0.0 <= self.eval_fraction < 1.0, "data.eval_fraction", "must be in [0, 1)", self.eval_fraction)
+        require(self.synthetic_size > 0, "data.synthetic_size", "must be > 0", self.synthetic_size)
+        require(self.limit is None or self.limit > 0, "data.limit", "must be > 0 or unset", self.limit)
+        require(self.max_length > 1, "data.max_length", "must be > 1", self.max_length)
+        require(0 < self.max_prompt_length < self.max_length, "data.max_prompt_length",
+                f"must be in (0, data.max_length={self.max_length})", self.max_prompt_length)
+        require(self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0, "data.pad_to_multiple_of",
+                "must be > 0 or unset", self.pad_to_multiple_of)
+
     def tokenize_spec(self) -> TokenizeSpec:
         return TokenizeSpec(max_length=self.max_length, max_prompt_length=self.max_prompt_length)
 
@@ -94,8 +117,9 @@ class LossConfig:
     """orpo, simpo, dpo or sft."""
     lam: float = 0.1
     """ORPO's λ: weight of the odds-ratio term."""
-    beta: float = 0.1
-    """β of DPO (KL strength) and SimPO (reward scale, e.g. 2.5)."""
+    beta: float | None = None
+    """β of DPO (KL strength) and SimPO (reward scale); unset takes the loss type's default
+    (``LossType.default_beta``: 0.1 for DPO, 2.0 for SimPO)."""
     gamma_beta_ratio: float = 0.5
     """SimPO's γ/β: target reward margin over β."""
     label_smoothing: float = 0.0
@@ -108,6 +132,19 @@ class LossConfig:
     """DPO reference: a path/hub name; unset means the initial policy (or the LoRA base)."""
     precompute_reference: bool = False
     """Compute reference log-probs once before training instead of keeping the model loaded."""
+
+    def __post_init__(self) -> None:
+        require(self.lam >= 0.0, "loss.lam", "must be >= 0", self.lam)
+        require(self.beta is None or self.beta > 0.0, "loss.beta", "must be > 0 or unset", self.beta)
+        require(0.0 <= self.label_smoothing < 0.5, "loss.label_smoothing", "must be in [0, 0.5)",
+                self.label_smoothing)
+
+    def beta_value(self) -> float:
+        """β of this loss type: the configured one, else the type's default."""
+        beta = self.beta if self.beta is not None else self.type.default_beta
+        if beta is None:
+            raise ValueError(f"loss.type={self.type.value} has no β")
+        return beta
 
 
 @dataclass
@@ -128,6 +165,16 @@ class OptimConfig:
     """Linear warmup steps from 0 to ``lr``."""
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this; unset disables clipping."""
+
+    def __post_init__(self) -> None:
+        require(self.lr > 0.0, "optim.lr", "must be > 0", self.lr)
+        require(self.weight_decay >= 0.0, "optim.weight_decay", "must be >= 0", self.weight_decay)
+        require(len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas), "optim.adam_betas",
+                "must be two values in [0, 1)", self.adam_betas)
+        require(self.adam_eps > 0.0, "optim.adam_eps", "must be > 0", self.adam_eps)
+        require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0", self.warmup_steps)
+        require(self.max_grad_norm is None or self.max_grad_norm > 0.0, "optim.max_grad_norm",
+                "must be > 0 or unset", self.max_grad_norm)
 
 
 @dataclass
@@ -157,32 +204,44 @@ class LoopConfig:
     seed: int = 0
     """Seed for model init noise (dropout) and the data order."""
     device: str = "auto"
-    """torch device for the single-process trainer; ``auto`` picks CUDA when present."""
+    """torch device for the local launcher; ``auto`` picks CUDA when present."""
+
+    def __post_init__(self) -> None:
+        for key in ("micro_batch_size", "global_batch_size", "epochs", "logging_steps", "logits_chunk_size"):
+            require(getattr(self, key) > 0, f"loop.{key}", "must be > 0", getattr(self, key))
+        for key in ("max_steps", "eval_steps", "save_steps"):
+            value = getattr(self, key)
+            require(value is None or value > 0, f"loop.{key}", "must be > 0 or unset", value)
 
     def accumulation_steps(self, world_size: int) -> int:
         """Micro-batches per optimiser step: global = micro × accumulation × workers."""
         per_step = self.micro_batch_size * world_size
         if self.global_batch_size % per_step:
             raise ValueError(
-                f"train.global_batch_size={self.global_batch_size} is not a multiple of "
-                f"micro_batch_size × workers = {self.micro_batch_size} × {world_size}"
+                f"loop.global_batch_size={self.global_batch_size} is not a multiple of "
+                f"loop.micro_batch_size × workers = {self.micro_batch_size} × {world_size}"
             )
         return self.global_batch_size // per_step
 
+    def steps_per_epoch(self, train_pairs: int, world_size: int) -> int:
+        """Optimiser steps in one epoch: every rank gets the same number of full micro-batches."""
+        steps = (train_pairs // world_size // self.micro_batch_size) // self.accumulation_steps(world_size)
+        if steps == 0:
+            raise ValueError(f"{train_pairs} training pairs make no full step of loop.global_batch_size="
+                             f"{self.global_batch_size} over {world_size} worker(s)")
+        return steps
 
-@dataclass
-class TrainConfig:
-    """Everything a single training run needs."""
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimiser steps of the whole run: the epochs, capped by ``max_steps``."""
+        steps = steps_per_epoch * self.epochs
+        return min(steps, self.max_steps) if self.max_steps else steps
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """The model."""
-    data: DataConfig = field(default_factory=DataConfig)
-    """The preference data."""
-    loss: LossConfig = field(default_factory=LossConfig)
-    """The objective."""
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    """The optimiser."""
-    train: LoopConfig = field(default_factory=LoopConfig)
-    """The loop."""
-    output_dir: str = "runs/local"
-    """Where metrics, rejects, checkpoints and the export go."""
+
+class TrainSections(Protocol):
+    """The sections of the config root that training reads (``pipelines.config.Config`` has them)."""
+
+    model: ModelConfig
+    data: DataConfig
+    loss: LossConfig
+    optim: OptimConfig
+    loop: LoopConfig

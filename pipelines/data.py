@@ -15,9 +15,9 @@ Each record keeps its source position (file and row) into the rejects and the ba
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import random
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -28,11 +28,19 @@ import numpy as np
 import ray
 
 from orpo.collate import PreferenceCollator, length_grouped_batches
-from orpo.data import Columns, RecordError, RejectReason, TokenizeSpec, normalize_record, tokenize_pair
-from orpo.sources import HUB_PREFIX, expand_files, is_synthetic
+from orpo.data import (
+    Columns,
+    RecordError,
+    RejectReason,
+    TokenizeSpec,
+    assign_split,
+    normalize_record,
+    tokenize_pair,
+)
+from orpo.sources import HUB_PREFIX, expand_files, is_synthetic, source_label
 from orpo.synthetic import make_preference_records, write_jsonl
 from orpo.trainer_config import DataConfig
-from pipelines.train_config import DataPipelineSettings
+from pipelines.config import DataPipelineSettings
 
 SPLITS = ("train", "eval", "rejected")
 EXAMPLE_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "length", "truncated", "index", "source"]
@@ -46,7 +54,7 @@ def _is_uri(path: str) -> bool:
 def list_source_files(source: str) -> list[str]:
     """Files of a local path/dir/glob, or of an object-store URI (``s3://bucket/prefix``)."""
     if not _is_uri(source):
-        return [str(Path(f).resolve()) for f in expand_files(source)]
+        return [source_label(source, "", f) for f in expand_files(source)]
     import pyarrow.fs as pafs
 
     fs, path = pafs.FileSystem.from_uri(source)
@@ -119,7 +127,7 @@ def read_records(cfg: DataConfig, source: str, split: str, output_dir: Path) -> 
     if is_synthetic(source):
         path = write_jsonl(output_dir / "data" / f"synthetic_{cfg.synthetic_size}_{cfg.seed}.jsonl",
                            make_preference_records(cfg.synthetic_size, cfg.seed))
-        labels[str(path.resolve())] = source
+        labels[str(path.resolve())] = source_label(source, split)
         source = str(path)
     if source.startswith(HUB_PREFIX):
         import datasets
@@ -129,7 +137,8 @@ def read_records(cfg: DataConfig, source: str, split: str, output_dir: Path) -> 
         hub = hub.map(lambda record, row: {"record_json": json.dumps(record, default=str), "row": row},
                       with_indices=True, remove_columns=hub.column_names)
         dataset = ray.data.from_huggingface(hub)
-        return dataset.map_batches(lambda b: {**b, "source": np.array([f"{source}:{split}"] * len(b["row"]))})
+        label = source_label(source, split)
+        return dataset.map_batches(lambda b: {**b, "source": np.array([label] * len(b["row"]))})
     files = list_source_files(source)
     # One task per file; each streams its file out in chunks (a generator UDF).
     return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
@@ -144,12 +153,6 @@ def _tokenizer(path: str, trust_remote_code: bool) -> Any:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def assign_split(source: str, row: int, eval_fraction: float, seed: int) -> str:
-    """Train or eval by a seeded hash of the source position: stable across runs and workers."""
-    digest = hashlib.blake2b(f"{seed}:{source}:{row}".encode(), digest_size=8).digest()
-    return "eval" if int.from_bytes(digest, "little") / 2**64 < eval_fraction else "train"
 
 
 def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, trust_remote_code: bool,
@@ -302,3 +305,55 @@ def heldout_prompts(data_dir: Path, out: Path) -> Path | None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in records))
     return out
+
+
+class _ReferenceScorer:
+    """``map_batches`` actor: the precomputed DPO reference log-probs of tokenized pairs."""
+
+    def __init__(self, cfg: dict[str, Any], model_path: str):
+        import torch
+
+        from orpo.config import from_dict
+        from orpo.job import reference_scorer
+        from pipelines.config import Config
+
+        self.cfg = from_dict(Config, cfg)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.reference = reference_scorer(self.cfg, model_path, self.device)
+        tokenizer = _tokenizer(model_path, self.cfg.model.trust_remote_code)
+        self.collator = PreferenceCollator(tokenizer.pad_token_id, self.cfg.data.pad_to_multiple_of)
+
+    def __call__(self, table: Any) -> Any:
+        from orpo.job import reference_logps
+
+        scores = list(reference_logps(table.to_pylist(), self.reference, self.collator, self.device,
+                                      self.cfg.loop.micro_batch_size))
+        table = table.append_column("ref_chosen_logps", [[c for c, _ in scores]])
+        return table.append_column("ref_rejected_logps", [[r for _, r in scores]])
+
+
+def with_reference_logps(datasets: dict[str, ray.data.Dataset], cfg: Any, model_path: str,
+                         out_dir: Path) -> dict[str, ray.data.Dataset]:
+    """Score every pair with the DPO reference once (``loss.precompute_reference``), before training.
+
+    The scored pairs are written under ``out_dir`` (a temporary name renamed into place, so a
+    crash leaves no partial copy) and streamed from there: epochs and restarts reuse them, and no
+    reference model is loaded in the workers.
+    """
+    from orpo.config import to_dict
+
+    scored = {}
+    for split, dataset in datasets.items():
+        target = out_dir / split
+        if not target.exists():
+            partial = out_dir / f".{split}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            dataset.map_batches(
+                _ReferenceScorer, fn_constructor_kwargs={"cfg": to_dict(cfg), "model_path": model_path},
+                batch_size=max(64, cfg.loop.micro_batch_size), batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
+                num_gpus=1 if cfg.scaling.use_gpu else 0,
+            ).write_parquet(str(partial))
+            partial.rename(target)
+        scored[split] = ray.data.read_parquet(str(target)).randomize_block_order(seed=cfg.data.seed)
+    return scored

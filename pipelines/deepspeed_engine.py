@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from orpo.engine import build_scheduler
-from pipelines.train_config import DistributedTrainConfig
+from pipelines.config import Config
 
 CHECKPOINT_TAG = "state"
 
@@ -29,15 +29,13 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
-def use_bf16(cfg: DistributedTrainConfig) -> bool:
+def use_bf16(cfg: Config) -> bool:
     return cfg.deepspeed.bf16 == "on" or (cfg.deepspeed.bf16 == "auto" and cfg.scaling.use_gpu)
 
 
-def deepspeed_config(cfg: DistributedTrainConfig, world_size: int) -> dict[str, Any]:
+def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON: micro × accumulation × workers = the configured global batch."""
     ds, optim = cfg.deepspeed, cfg.optim
-    if ds.offload_param and ds.zero_stage != 3:
-        raise ValueError("deepspeed.offload_param needs deepspeed.zero_stage=3")
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage >= 2:
         zero.update(overlap_comm=ds.overlap_comm, contiguous_gradients=True)
@@ -48,9 +46,9 @@ def deepspeed_config(cfg: DistributedTrainConfig, world_size: int) -> dict[str, 
     if ds.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     config = {
-        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
-        "gradient_accumulation_steps": cfg.train.accumulation_steps(world_size),
-        "train_batch_size": cfg.train.global_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.loop.micro_batch_size,
+        "gradient_accumulation_steps": cfg.loop.accumulation_steps(world_size),
+        "train_batch_size": cfg.loop.global_batch_size,
         "gradient_clipping": cfg.optim.max_grad_norm or 0.0,
         "zero_optimization": zero,
         "bf16": {"enabled": use_bf16(cfg)},
@@ -78,7 +76,7 @@ def disable_cpu_shm_comm() -> None:
 class DeepSpeedEngine:
     """``orpo.engine.Engine`` over a ``deepspeed.DeepSpeedEngine``."""
 
-    def __init__(self, model: torch.nn.Module, cfg: DistributedTrainConfig, ds_config: dict[str, Any],
+    def __init__(self, model: torch.nn.Module, cfg: Config, ds_config: dict[str, Any],
                  total_steps: int):
         import deepspeed
 
@@ -120,3 +118,20 @@ class DeepSpeedEngine:
         if self.ds.global_rank == 0:
             return {k: v.detach().cpu() for k, v in self.ds.module.state_dict().items()}
         return None
+
+
+def inference_engine(model: torch.nn.Module, ds_config: dict[str, Any]) -> torch.nn.Module:
+    """A frozen model (DPO's reference) under ZeRO-3: partitioned like the policy, gathered on use.
+
+    Loaded inside the ZeRO-3 init context its weights are already partitioned; only an engine
+    gathers them for a forward. No optimizer, no gradients (as TRL prepares its reference).
+    """
+    import deepspeed
+
+    config = {key: ds_config[key] for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                                              "train_batch_size", "bf16") if key in ds_config}
+    zero = ds_config["zero_optimization"]
+    config["zero_optimization"] = {"stage": 3, **({"offload_param": zero["offload_param"]}
+                                                  if "offload_param" in zero else {})}
+    engine, *_ = deepspeed.initialize(model=model.requires_grad_(False), config=config)
+    return engine.eval()

@@ -1,8 +1,8 @@
 """Evaluation stage: generate with one model, then score IFEval, AlpacaEval 2.0 and MT-Bench.
 
 ``python -m pipelines.evaluate --config configs/evaluate_tiny.yaml key=value``. Generation is
-``pipelines.generate`` (HF or vLLM backend); judging goes to the OpenAI-compatible endpoint in
-``judge`` (the API key is read from the environment variable it names, never from the file).
+``pipelines.generate`` (HF or vLLM backend) with the config's ``model``; judging goes to the
+OpenAI-compatible endpoint in ``evaluation.judge`` (the API key is read from the environment variable it names, never from the file).
 Writes ``<output_dir>/<benchmark>/summary.json`` per benchmark and ``<output_dir>/summary.json``.
 """
 
@@ -11,37 +11,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from evaluation import ifeval
-from evaluation.alpaca_eval import AlpacaEvalConfig
 from evaluation.alpaca_eval import evaluate as evaluate_alpaca
-from evaluation.judges import JudgeConfig
-from evaluation.mt_bench import MTBenchConfig
 from evaluation.mt_bench import evaluate as evaluate_mt_bench
+from evaluation.settings import JudgeConfig
 from orpo.config import load_config
-from pipelines.generate import generate
-from pipelines.generation.config import GenerateConfig
-
-
-@dataclass
-class EvaluateConfig:
-    """Which model, which benchmarks, which backend and which judge."""
-
-    generation: GenerateConfig = field(default_factory=GenerateConfig)
-    """Model, benchmarks, backend and decoding (see ``pipelines.generate``)."""
-    judge: JudgeConfig | None = None
-    """The judge for AlpacaEval and MT-Bench; unset keeps each benchmark's official judge."""
-    alpaca_eval: AlpacaEvalConfig = field(default_factory=AlpacaEvalConfig)
-    """AlpacaEval 2.0 judging and length control."""
-    mt_bench: MTBenchConfig = field(default_factory=MTBenchConfig)
-    """MT-Bench judging."""
-    ifeval_on_missing_punkt: Literal["raise", "exclude"] = "raise"
-    """When NLTK's Punkt data is missing: fail (default) or leave its two instructions out and say so."""
-    output_dir: str = "runs/evaluate"
-    """Where generations, per-benchmark results and ``summary.json`` go."""
+from orpo.modeling import resolve_model_path
+from pipelines.config import Config
+from pipelines.generate import generate, model_display_name
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -60,27 +40,27 @@ def score_ifeval(outputs: Path, prompts_path: str | None, out_dir: Path, on_miss
     return ifeval.aggregate(scores)
 
 
-def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+def evaluate(cfg: Config) -> dict[str, Any]:
     """Generate what is missing, score every selected benchmark, write and return the summary."""
     output_dir = Path(cfg.output_dir)
-    generation = dataclasses.replace(cfg.generation, output_dir=str(output_dir / "generations"))
-    paths = generate(generation)
-    model_name = generation.model.name or Path(generation.model.path.rstrip("/")).name
+    paths = generate(cfg, output_dir / "generations")
+    generation, settings = cfg.generation, cfg.evaluation
+    model_name = model_display_name(cfg, resolve_model_path(cfg.model, cfg.output_dir))
     summary: dict[str, Any] = {"model": model_name, "generations": {k: str(v) for k, v in paths.items()}}
     for name, path in paths.items():
         bench_dir = output_dir / name
         bench_dir.mkdir(parents=True, exist_ok=True)
         if name == "ifeval":
-            result = score_ifeval(path, generation.ifeval.data_path, bench_dir, cfg.ifeval_on_missing_punkt)
+            result = score_ifeval(path, generation.ifeval.data_path, bench_dir, settings.ifeval_on_missing_punkt)
         elif name == "alpaca_eval":
-            bench_cfg = _with_judge(cfg.alpaca_eval, cfg.judge)
+            bench_cfg = _with_judge(settings.alpaca_eval, settings.judge)
             if generation.alpaca_eval.limit is not None:
                 bench_cfg = dataclasses.replace(bench_cfg, allow_subset=True)
             outputs = [{"instruction": r["instruction"], "output": r["output"]} for r in _read_jsonl(path)]
             result = evaluate_alpaca(outputs, model_name, bench_cfg, bench_dir).summary
         else:
             answers = _read_jsonl(path)
-            bench_cfg = dataclasses.replace(_with_judge(cfg.mt_bench, cfg.judge),
+            bench_cfg = dataclasses.replace(_with_judge(settings.mt_bench, settings.judge),
                                             question_ids=tuple(a["question_id"] for a in answers))
             result = evaluate_mt_bench(answers, model_name, bench_cfg, bench_dir).summary
         (bench_dir / "summary.json").write_text(json.dumps(result, indent=2, default=str))
@@ -96,9 +76,9 @@ def _with_judge(bench_cfg: Any, judge: JudgeConfig | None) -> Any:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. generation.model.path=runs/x/export")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.name_or_path=runs/x/export")
     args = parser.parse_args(argv)
-    cfg = load_config(EvaluateConfig, args.config, args.overrides)
+    cfg = load_config(Config, args.config, args.overrides)
     summary = evaluate(cfg)
     print(f"evaluation summary written to {Path(cfg.output_dir) / 'summary.json'}")
     return summary

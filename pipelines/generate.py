@@ -2,7 +2,8 @@
 
     python -m pipelines.generate --config configs/generate_tiny.yaml key=value ...
 
-Writes ``<output_dir>/<benchmark>.jsonl`` (one record per prompt, in the format the benchmark's
+The model is the config's ``model`` section, the benchmarks and backend its ``generation``
+section, Ray its ``ray`` section. Writes ``<output_dir>/<benchmark>.jsonl`` (one record per prompt, in the format the benchmark's
 scorer reads) and ``<benchmark>.meta.json`` (model, config, backend, decoding, versions, runs).
 Reruns generate only what is missing. Under ``ray job submit`` it joins the job's cluster
 (``RAY_ADDRESS``); otherwise it starts a private local Ray instance.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -29,31 +29,40 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from orpo.config import load_config, to_dict
+from orpo.modeling import resolve_model_path
+from pipelines.config import Config
 from pipelines.generation.benchmark_run import BenchmarkRun
 from pipelines.generation.benchmarks import decoding_summary
-from pipelines.generation.config import GenerateConfig, RayConfig
+from pipelines.generation.config import GenerationConfig
 from pipelines.generation.hf_backend import HFGenerator, map_batches_kwargs
 from pipelines.generation.store import load_records, write_json
 from pipelines.generation.vllm_backend import build_vllm_processor
+from pipelines.ray_runtime import init_ray
 
 logger = logging.getLogger(__name__)
 
-TINY_MODEL = "tiny"
+
+def model_display_name(cfg: Config, model_path: str) -> str:
+    """The name written into the outputs: ``model.display_name``, else the path's last part."""
+    return cfg.model.display_name or Path(model_path.rstrip("/")).name
 
 
-def generate(cfg: GenerateConfig) -> dict[str, Path]:
-    """Generate what is missing for each benchmark in ``cfg``; return benchmark -> output JSONL."""
-    init_ray(cfg.ray)
-    output_dir = Path(cfg.output_dir)
+def generate(cfg: Config, output_dir: str | Path | None = None) -> dict[str, Path]:
+    """Generate what is missing for each benchmark; return benchmark -> output JSONL.
+
+    Outputs go to ``output_dir`` (default: the config's ``output_dir``)."""
+    init_ray(cfg)
+    output_dir = Path(output_dir or cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model_path = resolve_model_path(cfg)
-    model_name = cfg.model.name or Path(model_path.rstrip("/")).name
+    model_path = resolve_model_path(cfg.model, cfg.output_dir)
+    model_name = model_display_name(cfg, model_path)
     tokenizer = AutoTokenizer.from_pretrained(
         model_path, trust_remote_code=cfg.model.trust_remote_code
     )
+    gen = cfg.generation
     runs = [
-        BenchmarkRun(name, cfg.benchmark(name), output_dir, model_name, model_path)
-        for name in cfg.benchmarks
+        BenchmarkRun(name, gen.benchmark(name), output_dir, model_name, model_path)
+        for name in gen.benchmarks
     ]
     for turn in range(max((run.max_turns for run in runs), default=0)):
         requests = {}  # generation_id -> (run, request)
@@ -73,12 +82,12 @@ def generate(cfg: GenerateConfig) -> dict[str, Path]:
             run.receive(request, str(answer["text"]))
     for run in runs:
         run.finish()
-        write_meta(run, cfg, model_path)
+        write_meta(run, gen, model_path)
     return {run.name: run.output_path for run in runs}
 
 
 def run_backend(
-    rows: list[dict[str, Any]], cfg: GenerateConfig, model_path: str
+    rows: list[dict[str, Any]], cfg: Config, model_path: str
 ) -> Iterator[dict[str, Any]]:
     """Answer rows (``generation_id``, ``text``, ``num_generated_tokens``) as they complete."""
     # Rows with equal decoding settings and similar lengths end up in the same batches:
@@ -94,37 +103,17 @@ def run_backend(
         ),
     )
     dataset = ray.data.from_items(rows)
-    if cfg.backend == "hf":
+    gen, trust_remote_code = cfg.generation, cfg.model.trust_remote_code
+    if gen.backend == "hf":
         answers = dataset.map_batches(
-            HFGenerator, **map_batches_kwargs(cfg.hf, model_path, cfg.model.trust_remote_code)
+            HFGenerator, **map_batches_kwargs(gen.hf, model_path, trust_remote_code)
         )
     else:
-        answers = build_vllm_processor(cfg.vllm, model_path, cfg.model.trust_remote_code)(dataset)
+        answers = build_vllm_processor(gen.vllm, model_path, trust_remote_code)(dataset)
     yield from answers.iter_rows()
 
 
-def init_ray(cfg: RayConfig) -> None:
-    """Join the configured cluster (or ``RAY_ADDRESS``), else start a private local instance;
-    nothing when this process is already connected."""
-    if ray.is_initialized():
-        return
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:  # "local": never join some other Ray instance that happens to run on this machine
-        ray.init(address="local", num_cpus=cfg.num_cpus)
-
-
-def resolve_model_path(cfg: GenerateConfig) -> str:
-    """The path or hub name to load; ``tiny`` builds the tiny model under the output dir."""
-    if cfg.model.path == TINY_MODEL:
-        from orpo.tiny import ensure_tiny_model  # builds a tokenizer and model: only when asked
-
-        return str(ensure_tiny_model(Path(cfg.output_dir) / "base_model"))
-    return cfg.model.path
-
-
-def write_meta(run: BenchmarkRun, cfg: GenerateConfig, model_path: str) -> None:
+def write_meta(run: BenchmarkRun, cfg: GenerationConfig, model_path: str) -> None:
     """The sidecar ``<benchmark>.meta.json``; earlier invocations stay listed under ``runs``."""
     previous = _read_meta(run.meta_path)
     meta = dict(
@@ -166,14 +155,14 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--config", help="YAML file of GenerateConfig (pipelines/generation/config.py)"
+        "--config", help="YAML config (pipelines/config.py: model, generation and ray sections)"
     )
     parser.add_argument(
-        "overrides", nargs="*", help="dotted key=value overrides, e.g. ifeval.limit=10"
+        "overrides", nargs="*", help="dotted key=value overrides, e.g. generation.ifeval.limit=10"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = load_config(GenerateConfig, args.config, args.overrides)
+    cfg = load_config(Config, args.config, args.overrides)
     started_ray = not ray.is_initialized()
     try:
         outputs = generate(cfg)

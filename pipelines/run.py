@@ -11,65 +11,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from orpo.config import apply_overrides, from_dict, load_config, to_dict
+from evaluation.settings import JudgeConfig
+from orpo.config import load_config, replace_values, to_dict
 from orpo.modeling import resolve_model_path
 from orpo.sources import HUB_PREFIX, expand_files, is_synthetic
 from pipelines import data as data_pipeline
-from pipelines.evaluate import EvaluateConfig
-from pipelines.sweep import SweepConfig, SweepSettings
-from pipelines.train_config import DistributedTrainConfig
+from pipelines.config import Config, MethodConfig
 
 HELDOUT = "heldout"
+FIXTURE_JUDGE_MODEL = "fixture-judge"  # the name the fixture judge serves
 
 
-@dataclass
-class MethodConfig:
-    """One training method of the run."""
-
-    name: str
-    """Label used for directories and the report (e.g. ``orpo``, ``sft``)."""
-    overrides: list[str] = field(default_factory=list)
-    """``key=value`` overrides of the base ``train`` config (e.g. ``loss.type=sft``)."""
-    sweep: bool = False
-    """Sweep this method with ``sweep`` first and train it with the best config found."""
-
-
-@dataclass
-class PipelineConfig:
-    """A whole run: data, methods, optional sweep, generation, benchmarks and judge."""
-
-    name: str = "run"
-    """Run name."""
-    output_dir: str = "runs/run"
-    """The run directory."""
-    train: DistributedTrainConfig = field(default_factory=DistributedTrainConfig)
-    """Base training config (data, model, loop, Ray, DeepSpeed) shared by every method."""
-    methods: list[MethodConfig] = field(default_factory=lambda: [MethodConfig("orpo"),
-                                                                 MethodConfig("sft", ["loss.type=sft"])])
-    """Methods to train and compare."""
-    sweep: SweepSettings = field(default_factory=SweepSettings)
-    """The search for methods with ``sweep: true``."""
-    evaluation: EvaluateConfig = field(default_factory=EvaluateConfig)
-    """Generation, benchmarks and judge. ``generation.ifeval.data_path: heldout`` scores the
-    held-out pairs' prompts with the IFEval checkers (the synthetic set carries instructions)."""
-    fixture_judge: bool = False
-    """Start the clearly labelled deterministic FIXTURE judge on loopback and judge with it
-    (for demos and tests; its verdicts mean nothing about quality)."""
-
-
-def config_hash(cfg: PipelineConfig) -> str:
+def config_hash(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -92,7 +57,7 @@ def hardware() -> dict[str, Any]:
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "gpus": gpus}
 
 
-def input_hashes(cfg: DistributedTrainConfig) -> dict[str, str]:
+def input_hashes(cfg: Config) -> dict[str, str]:
     """Content hashes of local data files; name@revision for hub data; the synthetic spec."""
     out = {}
     for source in filter(None, (cfg.data.source, cfg.data.eval_source)):
@@ -113,7 +78,7 @@ def input_hashes(cfg: DistributedTrainConfig) -> dict[str, str]:
 class Manifest:
     """``manifest.json``: config, versions, hardware, input hashes and each stage's status."""
 
-    def __init__(self, run_dir: Path, cfg: PipelineConfig):
+    def __init__(self, run_dir: Path, cfg: Config):
         self.path = run_dir / "manifest.json"
         digest = config_hash(cfg)
         if self.path.exists():
@@ -123,7 +88,7 @@ class Manifest:
                                  "or delete the run directory to start over")
         else:
             self.data = {"name": cfg.name, "config_hash": digest, "config": to_dict(cfg), "versions": versions(),
-                         "hardware": hardware(), "inputs": input_hashes(cfg.train),
+                         "hardware": hardware(), "inputs": input_hashes(cfg),
                          "methods": [m.name for m in cfg.methods], "stages": {}}
             self.save()
 
@@ -155,52 +120,56 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def method_config(cfg: PipelineConfig, method: MethodConfig, run_dir: Path, extra: list[str] = ()
-                  ) -> dict[str, Any]:
-    base = to_dict(cfg.train)
-    apply_overrides(base, [*method.overrides, *extra])
-    base.update(name=f"{cfg.name}-{method.name}")
-    base["model"]["name_or_path"] = str(run_dir / "base_model") if cfg.train.model.name_or_path == "tiny" \
-        else base["model"]["name_or_path"]
-    base["data_pipeline"]["data_dir"] = str(run_dir / "data")
-    return base
+def method_config(cfg: Config, method: MethodConfig, run_dir: Path, output_dir: Path,
+                  extra: dict[str, Any] | None = None) -> Config:
+    """The config a method trains (or sweeps) with: the run's, the method's values, then ``extra``."""
+    base = replace_values(cfg, {"name": f"{cfg.name}-{method.name}", "methods": [],
+                                "model.name_or_path": resolve_model_path(cfg.model, run_dir),
+                                "data_pipeline.data_dir": str(run_dir / "data")})
+    return replace_values(base, {**method.overrides, **(extra or {}), "output_dir": str(output_dir)})
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+def _inside(run_dir: Path, path: Path) -> Path:
+    """``path``, after checking that it resolves inside the run directory (it is about to be deleted)."""
+    resolved = path.resolve()
+    if resolved == run_dir or run_dir not in resolved.parents:
+        raise ValueError(f"refusing to delete {resolved}: it is not inside the run directory {run_dir}")
+    return resolved
+
+
+def run_pipeline(cfg: Config) -> dict[str, Any]:
     from pipelines.evaluate import evaluate
+    from pipelines.ray_runtime import init_ray
     from pipelines.sweep import sweep
-    from pipelines.train import init_ray, run as train
+    from pipelines.train import run as train
 
     run_dir = Path(cfg.output_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(run_dir, cfg)
-    init_ray(cfg.train)
-    model_path = resolve_model_path(cfg.train.model, run_dir)  # `tiny` is built at run_dir/base_model
+    init_ray(cfg)
+    model_path = resolve_model_path(cfg.model, run_dir)  # `tiny` is built at run_dir/base_model
 
     if not manifest.done("data"):
         with manifest.stage("data"):
-            data_pipeline.preprocess(cfg.train.data, cfg.train.data_pipeline, model_path,
-                                     cfg.train.model.trust_remote_code, run_dir / "data")
+            data_pipeline.preprocess(cfg.data, cfg.data_pipeline, model_path,
+                                     cfg.model.trust_remote_code, run_dir / "data")
             data_pipeline.heldout_prompts(run_dir / "data", run_dir / "data" / "heldout_prompts.jsonl")
 
     for method in cfg.methods:
-        best: list[str] = []
+        best: dict[str, Any] = {}
         if method.sweep:
             stage = f"sweep/{method.name}"
             sweep_dir = run_dir / "sweep" / method.name
             if not manifest.done(stage):
                 with manifest.stage(stage):
-                    sweep_cfg = method_config(cfg, method, run_dir, [f"output_dir={sweep_dir}"])
-                    sweep_cfg["sweep"] = to_dict(cfg.sweep)
-                    sweep(from_dict(SweepConfig, sweep_cfg))
-            best = [f"{k}={json.dumps(v)}" for k, v in json.loads((sweep_dir / "best.json").read_text())["config"].items()]
+                    sweep(method_config(cfg, method, run_dir, sweep_dir))
+            best = json.loads((sweep_dir / "best.json").read_text())["config"]
         stage = f"train/{method.name}"
         if not manifest.done(stage):
             with manifest.stage(stage):
-                train_dir = run_dir / "train" / method.name
+                train_dir = _inside(run_dir, run_dir / "train" / method.name)
                 shutil.rmtree(train_dir, ignore_errors=True)  # an interrupted attempt starts clean
-                train(from_dict(DistributedTrainConfig,
-                                method_config(cfg, method, run_dir, [*best, f"output_dir={train_dir}"])))
+                train(method_config(cfg, method, run_dir, train_dir, best))
 
     with _judge(cfg) as judge_url:
         for method in cfg.methods:
@@ -216,23 +185,21 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     return paths
 
 
-def evaluation_config(cfg: PipelineConfig, method: MethodConfig, run_dir: Path, judge_url: str | None
-                      ) -> EvaluateConfig:
-    data = to_dict(cfg.evaluation)
-    overrides = [f"output_dir={run_dir / 'eval' / method.name}",
-                 f"generation.model.path={run_dir / 'train' / method.name / 'export'}",
-                 f"generation.model.name={cfg.name}-{method.name}"]
-    if data["generation"]["ifeval"]["data_path"] == HELDOUT:
-        overrides.append(f"generation.ifeval.data_path={run_dir / 'data' / 'heldout_prompts.jsonl'}")
+def evaluation_config(cfg: Config, method: MethodConfig, run_dir: Path, judge_url: str | None) -> Config:
+    """The evaluation of a method's exported model."""
+    values: dict[str, Any] = {"model.name_or_path": str(run_dir / "train" / method.name / "export"),
+                              "model.display_name": f"{cfg.name}-{method.name}", "methods": []}
+    if cfg.generation.ifeval.data_path == HELDOUT:
+        values["generation.ifeval.data_path"] = str(run_dir / "data" / "heldout_prompts.jsonl")
     if judge_url is not None:
-        overrides += [f"judge.base_url={judge_url}", "judge.model=fixture-judge", "judge.api_key_env=null"]
-    apply_overrides(data, overrides)
-    return from_dict(EvaluateConfig, data)
+        values["evaluation.judge"] = dataclasses.replace(cfg.evaluation.judge or JudgeConfig(), base_url=judge_url,
+                                                         model=FIXTURE_JUDGE_MODEL, api_key_env=None)
+    return replace_values(cfg, {**values, "output_dir": str(run_dir / "eval" / method.name)})
 
 
 @contextlib.contextmanager
-def _judge(cfg: PipelineConfig) -> Iterator[str | None]:
-    if not cfg.fixture_judge:
+def _judge(cfg: Config) -> Iterator[str | None]:
+    if not cfg.evaluation.fixture_judge:
         yield None
         return
     from evaluation.fixture_judge import FixtureJudgeConfig, serve_fixture_judge
@@ -245,9 +212,9 @@ def _judge(cfg: PipelineConfig) -> Iterator[str | None]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML run config")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.train.max_steps=50")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loop.max_steps=50")
     args = parser.parse_args(argv)
-    return run_pipeline(load_config(PipelineConfig, args.config, args.overrides))
+    return run_pipeline(load_config(Config, args.config, args.overrides))
 
 
 if __name__ == "__main__":

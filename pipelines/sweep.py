@@ -4,7 +4,9 @@ Ray Tune in the current Ray Train idiom: each trial is a small Tune function (gi
 CPU) that builds and fits a ``TorchTrainer`` (``pipelines.train.run``) and forwards its reports
 to Tune. The data is tokenized once and shared by all trials. ASHA stops weak trials on the eval
 metric; the objective is an eval metric or a benchmark score measured after training (the
-trial's model answers held-out prompts and is scored by the IFEval checkers). An interrupted
+trial's model answers held-out prompts and is scored by the IFEval checkers). Objectives must
+compare models trained with different λ or β, so ``eval/loss`` (NLL + λ·L_OR, larger for larger
+λ on the same model) is not one: see ``pipelines.config.OBJECTIVE_MODES``. An interrupted
 sweep resumes with ``Tuner.restore`` without redoing finished trials.
 
 Outputs (``output_dir``): ``results.csv`` / ``results.json`` (one row per trial),
@@ -14,68 +16,22 @@ Outputs (``output_dir``): ``results.csv`` / ``results.json`` (one row per trial)
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import ray
 from ray import tune
 
-from orpo.config import apply_overrides, from_dict, load_config, to_dict
+from orpo.config import from_dict, load_config, replace_values, to_dict
 from orpo.modeling import load_tokenizer, resolve_model_path
 from pipelines import data as data_pipeline
-from pipelines.train import init_ray, run
-from pipelines.train_config import DistributedTrainConfig
-
-# Objectives and whether higher is better. "ifeval" is the prompt-level strict accuracy of the
-# trial's model on the held-out benchmark prompts.
-OBJECTIVE_MODES = {"eval/loss": "min", "eval/nll": "min", "eval/rewards/accuracies": "max",
-                   "eval/rewards/margins": "max", "ifeval": "max"}
-
-
-@dataclass
-class SweepSettings:
-    """What to search and how."""
-
-    space: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"loss.lam": {"grid": [0.05, 0.1, 0.2, 0.25, 0.5, 1.0]}})
-    """Dotted config key -> one of ``{grid: [...]}``, ``{choice: [...]}``, ``{uniform: [lo, hi]}``,
-    ``{loguniform: [lo, hi]}``. The default is ORPO's λ grid; add ``optim.lr``, ``loss.beta``,
-    ``loss.gamma_beta_ratio`` (SimPO) as needed."""
-    search: Literal["grid", "random", "optuna"] = "grid"
-    """``grid`` enumerates grid axes; ``random`` samples; ``optuna`` uses TPE (needs ``optuna``)."""
-    num_samples: int = 1
-    """Trials for random/optuna search; repeats of the whole grid for grid search."""
-    objective: str = "eval/loss"
-    """``eval/loss``, ``eval/nll``, ``eval/rewards/accuracies``, ``eval/rewards/margins`` or ``ifeval``."""
-    asha: bool = True
-    """Stop weak trials early with ASHA on the objective's eval metric (eval/loss for ``ifeval``)."""
-    asha_grace_steps: int = 10
-    """Steps every trial runs before ASHA may stop it."""
-    asha_reduction_factor: int = 3
-    """ASHA keeps 1/reduction_factor of the trials at each rung."""
-    max_concurrent_trials: int | None = None
-    """Trials at once; unset derives it from the cluster's CPUs/GPUs and the trial's workers."""
-    benchmark_prompts: str | None = None
-    """IFEval-format JSONL for ``objective: ifeval``; unset uses the held-out pairs' prompts when
-    they carry instructions (the synthetic set does), else the shared IFEval prompts."""
-    benchmark_limit: int = 32
-    """Prompts scored per trial for a benchmark objective."""
-    benchmark_max_new_tokens: int = 96
-    """Generation budget per prompt for a benchmark objective."""
-
-
-@dataclass
-class SweepConfig(DistributedTrainConfig):
-    """A base training config plus the sweep over it."""
-
-    sweep: SweepSettings = field(default_factory=SweepSettings)
-    """The search."""
+from pipelines.config import OBJECTIVE_MODES, Config
+from pipelines.ray_runtime import init_ray
+from pipelines.train import run
 
 
 def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -91,15 +47,13 @@ def search_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def trial_config(base: dict[str, Any], params: dict[str, Any], output_dir: str) -> DistributedTrainConfig:
-    data = copy.deepcopy(base)
-    data.pop("sweep", None)
-    apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in params.items()] + [f"output_dir={output_dir}"])
-    return from_dict(DistributedTrainConfig, data)
+def trial_config(base: Config, params: dict[str, Any], output_dir: str) -> Config:
+    """The trial's config: the base with the sampled values (type-checked) and its own output dir."""
+    return replace_values(base, {**params, "output_dir": output_dir})
 
 
-def max_concurrent(cfg: SweepConfig) -> int:
-    """Trials that fit at once, leaving 2 CPUs for Ray Data (see pipelines.train_config)."""
+def max_concurrent(cfg: Config) -> int:
+    """Trials that fit at once, leaving 2 CPUs for Ray Data (see pipelines.config)."""
     if cfg.sweep.max_concurrent_trials:
         return cfg.sweep.max_concurrent_trials
     resources = ray.cluster_resources()
@@ -116,32 +70,30 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_dir: str, obje
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
-    cfg = trial_config(base, params, str(Path(sweep_dir) / "trials" / trial_id))
+    cfg = trial_config(from_dict(Config, base), params, str(Path(sweep_dir) / "trials" / trial_id))
     result = run(cfg, callbacks=[TuneReportCallback()])
     final = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
     if objective == "ifeval":
-        final["ifeval"] = benchmark_score(result["export_dir"], Path(cfg.output_dir), benchmark)
+        final["ifeval"] = benchmark_score(cfg, result["export_dir"], benchmark)
     tune.report({**final, "export_dir": str(result["export_dir"])})
 
 
-def benchmark_score(export_dir: Path, trial_dir: Path, benchmark: dict[str, Any]) -> float:
+def benchmark_score(cfg: Config, export_dir: Path, benchmark: dict[str, Any]) -> float:
     """Prompt-level strict IFEval accuracy of the trial's model on the held-out prompts."""
-    from pipelines.evaluate import EvaluateConfig, evaluate
+    from pipelines.evaluate import evaluate
 
-    cfg = load_config(EvaluateConfig, None, [
-        f"output_dir={trial_dir / 'benchmark'}", f"generation.model.path={export_dir}",
-        "generation.benchmarks=[ifeval]", f"generation.ifeval.data_path={benchmark['prompts']}",
-        f"generation.ifeval.limit={benchmark['limit']}",
-        f"generation.ifeval.decoding.max_new_tokens={benchmark['max_new_tokens']}",
-        "ifeval_on_missing_punkt=exclude"])
-    return float(evaluate(cfg)["ifeval"]["prompt_level_strict_acc"])
+    scored = replace_values(cfg, {
+        "output_dir": str(Path(cfg.output_dir) / "benchmark"), "model.name_or_path": str(export_dir),
+        "generation.benchmarks": ["ifeval"], "generation.ifeval.data_path": benchmark["prompts"],
+        "generation.ifeval.limit": benchmark["limit"],
+        "generation.ifeval.decoding.max_new_tokens": benchmark["max_new_tokens"],
+        "evaluation.ifeval_on_missing_punkt": "exclude"})
+    return float(evaluate(scored)["ifeval"]["prompt_level_strict_acc"])
 
 
-def sweep(cfg: SweepConfig) -> dict[str, Any]:
+def sweep(cfg: Config) -> dict[str, Any]:
     """Run (or resume) the sweep; write the results table and export the best trial."""
     objective = cfg.sweep.objective
-    if objective not in OBJECTIVE_MODES:
-        raise ValueError(f"sweep.objective must be one of {sorted(OBJECTIVE_MODES)}, got {objective!r}")
     mode = OBJECTIVE_MODES[objective]
     output_dir = Path(cfg.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -149,10 +101,9 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     init_ray(cfg)
 
-    base = to_dict(cfg)
-    base["model"]["name_or_path"] = model_path = resolve_model_path(cfg.model, output_dir)
+    model_path = resolve_model_path(cfg.model, output_dir)
     data_dir = Path(cfg.data_pipeline.data_dir).resolve() if cfg.data_pipeline.data_dir else output_dir / "data"
-    base["data_pipeline"]["data_dir"] = str(data_dir)
+    base = to_dict(replace_values(cfg, {"model.name_or_path": model_path, "data_pipeline.data_dir": str(data_dir)}))
     load_tokenizer(model_path, cfg.model)  # fail early on a bad model path
     data_pipeline.preprocess(cfg.data, cfg.data_pipeline, model_path, cfg.model.trust_remote_code, data_dir)
     benchmark = {"limit": cfg.sweep.benchmark_limit, "max_new_tokens": cfg.sweep.benchmark_max_new_tokens,
@@ -175,7 +126,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     return write_results(results, output_dir, objective, mode, list(cfg.sweep.space))
 
 
-def _tune_config(cfg: SweepConfig, objective: str, mode: str) -> tune.TuneConfig:
+def _tune_config(cfg: Config, objective: str, mode: str) -> tune.TuneConfig:
     search_alg = None
     if cfg.sweep.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -183,13 +134,13 @@ def _tune_config(cfg: SweepConfig, objective: str, mode: str) -> tune.TuneConfig
         search_alg = OptunaSearch()
     scheduler = None
     if cfg.sweep.asha:
-        asha_metric = objective if objective.startswith("eval/") else "eval/loss"
+        asha_metric = objective if objective.startswith("eval/") else "eval/logps/margin"
         asha_mode = OBJECTIVE_MODES[asha_metric]
         scheduler = tune.schedulers.ASHAScheduler(
             metric=asha_metric, mode=asha_mode, time_attr="step", grace_period=cfg.sweep.asha_grace_steps,
             reduction_factor=cfg.sweep.asha_reduction_factor,
             # Past the last step: at max_t ASHA stops the trial, which would kill it mid-export.
-            max_t=(cfg.train.max_steps or 10**9) + 1)
+            max_t=(cfg.loop.max_steps or 10**9) + 1)
     return tune.TuneConfig(metric=None if scheduler else objective, mode=None if scheduler else mode,
                            search_alg=search_alg, scheduler=scheduler, num_samples=cfg.sweep.num_samples,
                            max_concurrent_trials=max_concurrent(cfg))
@@ -232,10 +183,10 @@ def write_results(results: tune.ResultGrid, output_dir: Path, objective: str, mo
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config: a training config plus a `sweep:` section")
+    parser.add_argument("--config", help="YAML config: the training sections plus a `sweep:` section")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sweep.objective=ifeval")
     args = parser.parse_args(argv)
-    return sweep(load_config(SweepConfig, args.config, args.overrides))
+    return sweep(load_config(Config, args.config, args.overrides))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
-"""Distributed training: ``python -m pipelines.train --config configs/tiny_cpu.yaml key=value``.
+"""Training: ``python -m pipelines.train --config configs/tiny_cpu.yaml key=value``.
 
-The driver tokenizes the data with Ray Data (``pipelines.data``), then a Ray Train
+``launcher: ray`` (the default) runs the job on Ray Train; ``launcher: local`` runs the same job
+in this one process without Ray (``orpo.train_local``). Both build it with ``orpo.job``.
+
+Under Ray the driver tokenizes the data with Ray Data (``pipelines.data``), then a Ray Train
 ``TorchTrainer`` runs the ``orpo`` training loop in every worker under DeepSpeed ZeRO, fed by
 ``get_dataset_shard``. Without a cluster address it starts an embedded local Ray; the same
 command runs under ``ray job submit --working-dir . -- python -m pipelines.train ...``.
@@ -14,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -30,31 +31,41 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
-from orpo.collate import PreferenceCollator
 from orpo.config import from_dict, load_config, to_dict
 from orpo.context import format_metrics
-from orpo.logps import use_chunked
-from orpo.modeling import load_model, load_tokenizer, prepare_for_training, resolve_model_path
-from orpo.objective import ModelReference
-from orpo.trainer import LoopInputs, total_steps, train
+from orpo.job import TrainingJob, build_job, export_trained, seed_for_training
+from orpo.modeling import load_tokenizer, resolve_model_path
+from orpo.trainer import LoopInputs, train
 from pipelines import data as data_pipeline
-from pipelines.deepspeed_engine import DeepSpeedEngine, deepspeed_config, disable_cpu_shm_comm, use_bf16
-from pipelines.train_config import DistributedTrainConfig
+from pipelines.config import Config
+from pipelines.deepspeed_engine import (
+    DeepSpeedEngine,
+    deepspeed_config,
+    disable_cpu_shm_comm,
+    inference_engine,
+    use_bf16,
+)
+from pipelines.ray_runtime import init_ray
 
-# ray.train.report blocks ~2 s by default while the controller polls; 0.1 s keeps reports cheap.
-RUNTIME_ENV_VARS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "TOKENIZERS_PARALLELISM": "false"}
 EXPORT_DIR = "export"
 
 
 class RayTrainContext:
     """``orpo.context.TrainContext`` inside a Ray Train worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: Config) -> None:
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
         self.checkpoint_dir = Path(tempfile.mkdtemp(prefix=f"orpo-rank{self.rank}-"))
+        # A fault-tolerance restart resumes from Ray's latest checkpoint; a new job from resume_from.
+        checkpoint = ray.train.get_checkpoint()
+        self.restarted = checkpoint is not None
+        if checkpoint is not None:
+            self.restore_dir: Path | None = Path(checkpoint.to_directory())
+        else:
+            self.restore_dir = Path(cfg.checkpoint.resume_from) if cfg.checkpoint.resume_from else None
 
     def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(checkpoint)) if checkpoint else None)
@@ -89,24 +100,15 @@ class MetricsWriter(UserCallback):
         return self._writers
 
 
-def _latest_checkpoint_dir(config: dict[str, Any]) -> Path | None:
-    """Fault-tolerance restarts resume from Ray's latest checkpoint, a new job from ``resume_from``."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        return Path(checkpoint.to_directory())
-    if config["cfg"]["checkpoint"]["resume_from"]:
-        return Path(config["cfg"]["checkpoint"]["resume_from"])
-    return None
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker: the ``orpo`` loop under DeepSpeed, fed by its dataset shard."""
-    cfg = from_dict(DistributedTrainConfig, config["cfg"])
-    ctx = RayTrainContext()
-    torch.manual_seed(cfg.train.seed)
-    resume_from = _latest_checkpoint_dir(config)
-    if resume_from is not None and (resume_from / EXPORT_DIR).exists():
-        return  # the run had finished and exported before this restart
+    """One Ray Train worker: the ``orpo`` job under DeepSpeed, fed by its dataset shard."""
+    cfg = from_dict(Config, config["cfg"])
+    ctx = RayTrainContext(cfg)
+    if ctx.restore_dir is not None and (ctx.restore_dir / EXPORT_DIR).exists():
+        if ctx.restarted:
+            return  # the run had finished and exported before this restart
+        raise ValueError(f"checkpoint.resume_from={ctx.restore_dir} is a finished job's export checkpoint; "
+                         f"to train on from its weights set model.name_or_path={ctx.restore_dir / EXPORT_DIR}")
 
     if not cfg.scaling.use_gpu:
         disable_cpu_shm_comm()
@@ -114,23 +116,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     deepspeed.init_distributed()  # adopts Ray's process group, so DeepSpeed sees the real world size
     ds_config = deepspeed_config(cfg, ctx.world_size)
+    dtype = torch.bfloat16 if use_bf16(cfg) else torch.float32
+    zero3 = cfg.deepspeed.zero_stage == 3
     hf_ds_config = None
-    if cfg.deepspeed.zero_stage == 3:
+    if zero3:
         from transformers.integrations import HfDeepSpeedConfig
 
-        hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841  (must live while the model loads: ZeRO-3 init)
-    tokenizer = load_tokenizer(config["model_path"], cfg.model)
-    dtype = torch.bfloat16 if use_bf16(cfg) else torch.float32
-    model = prepare_for_training(load_model(config["model_path"], cfg.model, None, dtype), cfg.model)
-    chunked = use_chunked(model, cfg.train.logits_mode)
-    reference = None
-    if cfg.loss.type.needs_reference_model:
-        ref_path = cfg.loss.reference_model or config["model_path"]
-        reference = ModelReference(load_model(ref_path, cfg.model, ctx.device, dtype), chunked=chunked)
-    engine = DeepSpeedEngine(model, cfg, ds_config, total_steps(cfg, config["steps_per_epoch"]))
+        hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841  (must live while models load: ZeRO-3 init)
+    job = build_job(cfg, config["model_path"], None if zero3 else ctx.device, dtype,
+                    wrap_reference=(lambda model: inference_engine(model, ds_config)) if zero3 else None)
+    engine = DeepSpeedEngine(job.model, cfg, ds_config, cfg.loop.total_steps(config["steps_per_epoch"]))
+    seed_for_training(cfg, ctx.rank)
 
-    collator = PreferenceCollator(tokenizer.pad_token_id, cfg.data.pad_to_multiple_of)
-    micro = cfg.train.micro_batch_size
+    collator = job.collator(cfg.data.pad_to_multiple_of)
+    micro = cfg.loop.micro_batch_size
     train_shard = ray.train.get_dataset_shard("train")
     eval_shard = ray.train.get_dataset_shard("eval") if config["has_eval"] else None
 
@@ -143,64 +142,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                             False, drop_last=False)
 
     inputs = LoopInputs(train_batches, config["steps_per_epoch"], eval_batches if eval_shard else None,
-                        reference, chunked)
-    state = train(cfg, ctx, engine, inputs, resume_from)
-    export(ctx, engine, model, tokenizer, state.step)
+                        job.reference, job.chunked)
+    state = train(cfg, ctx, engine, inputs)
+    export(cfg, ctx, engine, job, state.step)
 
 
-def export(ctx: RayTrainContext, engine: DeepSpeedEngine, model: torch.nn.Module, tokenizer: Any, step: int) -> None:
+def export(cfg: Config, ctx: RayTrainContext, engine: DeepSpeedEngine, job: TrainingJob, step: int) -> None:
     """Gather the full weights (collective under ZeRO-3) and report a HF checkpoint from rank 0."""
     state_dict = engine.full_state_dict()
     if ctx.rank != 0:
         ray.train.report({"step": step, "exported": 1.0})
         return
     directory = Path(tempfile.mkdtemp(prefix="orpo-export-"))
-    target = directory / EXPORT_DIR
-    unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
-    unwrapped.save_pretrained(target, state_dict=state_dict, safe_serialization=True)
-    tokenizer.save_pretrained(target)
+    export_trained(cfg, job, directory / EXPORT_DIR, state_dict)
     ray.train.report({"step": step, "exported": 1.0}, checkpoint=Checkpoint.from_directory(str(directory)))
     shutil.rmtree(directory, ignore_errors=True)
-
-
-def init_ray(cfg: DistributedTrainConfig) -> None:
-    """Join the cluster (``ray.address`` or ``RAY_ADDRESS``) or start an embedded local Ray."""
-    os.environ.update({k: os.environ.get(k, v) for k, v in RUNTIME_ENV_VARS.items()})
-    if ray.is_initialized():
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {**cfg.ray.runtime_env}
-    runtime_env["env_vars"] = {**RUNTIME_ENV_VARS, **runtime_env.get("env_vars", {})}
-    if address:
-        # Under `ray job submit` Ray merges this with the job's runtime env and refuses any
-        # env var named in both, so only add the ones the job does not set.
-        job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env", {})
-        job_vars = job_env.get("env_vars", {}) or {}
-        runtime_env["env_vars"] = {k: v for k, v in runtime_env["env_vars"].items() if k not in job_vars}
-        if not runtime_env["env_vars"]:
-            del runtime_env["env_vars"]
-        ray.init(address=address, runtime_env=runtime_env or None)
-        return
-    worker_cpus = cfg.scaling.num_workers * cfg.scaling.resources_per_worker.get("CPU", 1.0)
-    # Leave CPUs beyond the workers' for Ray Data: with none free, reading stalls forever.
-    num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, int(worker_cpus) + 2)
-    start_local_ray(num_cpus, cfg.data_pipeline.object_store_memory, runtime_env)
-
-
-def start_local_ray(num_cpus: int, object_store_memory: int | None = None,
-                    runtime_env: dict[str, Any] | None = None) -> None:
-    """A private embedded Ray (never some other instance that happens to run on this machine)."""
-    # The dashboard (on 127.0.0.1) backs the state API that Ray Train's cleanup and Tune rely on;
-    # a free port, since another Ray on this machine may hold the default 8265.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dashboard_port = probe.getsockname()[1]
-    ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
-             runtime_env=runtime_env, dashboard_port=dashboard_port)
-    # The state API (used by Train's placement-group cleanup when a Tune trial is stopped)
-    # finds the cluster through /tmp/ray/ray_current_cluster, which `ray start` writes but an
-    # embedded instance does not: a stale file there leaks the stopped trial's CPUs.
-    ray._private.utils.write_ray_address(ray.get_runtime_context().gcs_address)
 
 
 def _ordered_execution() -> ray.data.ExecutionOptions:
@@ -209,16 +165,7 @@ def _ordered_execution() -> ray.data.ExecutionOptions:
     return options
 
 
-def steps_per_epoch(cfg: DistributedTrainConfig, train_pairs: int) -> int:
-    workers = cfg.scaling.num_workers
-    steps = (train_pairs // workers // cfg.train.micro_batch_size) // cfg.train.accumulation_steps(workers)
-    if steps == 0:
-        raise ValueError(f"{train_pairs} training pairs make no full step of global_batch_size="
-                         f"{cfg.train.global_batch_size} over {workers} workers")
-    return steps
-
-
-def run(cfg: DistributedTrainConfig, callbacks: list[UserCallback] | tuple = ()) -> dict[str, Any]:
+def run(cfg: Config, callbacks: list[UserCallback] | tuple = ()) -> dict[str, Any]:
     """The whole job: preprocess, fit, export. Returns paths, data stats and the final metrics.
 
     ``callbacks`` are extra Ray Train callbacks (a sweep passes Tune's report callback).
@@ -227,13 +174,9 @@ def run(cfg: DistributedTrainConfig, callbacks: list[UserCallback] | tuple = ())
     output_dir = Path(cfg.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    if cfg.deepspeed.zero_stage == 3 and (cfg.model.lora.enabled or (
-            cfg.loss.type.needs_reference_model and cfg.loss.precompute_reference)):
-        raise ValueError("ZeRO-3 supports neither LoRA nor precomputed DPO references here; use zero_stage<=2")
     init_ray(cfg)
     model_path = resolve_model_path(cfg.model, output_dir)
-    tokenizer = load_tokenizer(model_path, cfg.model)
-    del tokenizer  # loaded here only to fail early, before any worker starts
+    load_tokenizer(model_path, cfg.model)  # fail early, before any worker starts
     data_dir = Path(cfg.data_pipeline.data_dir).resolve() if cfg.data_pipeline.data_dir else output_dir
     stats = data_pipeline.preprocess(cfg.data, cfg.data_pipeline, model_path, cfg.model.trust_remote_code, data_dir)
     if data_dir != output_dir:
@@ -246,8 +189,10 @@ def run(cfg: DistributedTrainConfig, callbacks: list[UserCallback] | tuple = ())
     eval_ds = data_pipeline.split_dataset(data_dir, "eval", cfg.data.seed)
     if eval_ds is not None and stats["eval_pairs"] >= cfg.scaling.num_workers:
         datasets["eval"] = eval_ds
+    if cfg.loss.type.needs_reference_model and cfg.loss.precompute_reference:
+        datasets = data_pipeline.with_reference_logps(datasets, cfg, model_path, output_dir / "reference_logps")
     config = {"cfg": to_dict(cfg), "model_path": model_path, "has_eval": "eval" in datasets,
-              "steps_per_epoch": steps_per_epoch(cfg, stats["train_pairs"])}
+              "steps_per_epoch": cfg.loop.steps_per_epoch(stats["train_pairs"], cfg.scaling.num_workers)}
     scaling = cfg.scaling
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -281,7 +226,7 @@ def run(cfg: DistributedTrainConfig, callbacks: list[UserCallback] | tuple = ())
             "metrics": final}
 
 
-def run_info(cfg: DistributedTrainConfig, export_dir: Path, wall_s: float, tokens: float) -> dict[str, Any]:
+def run_info(cfg: Config, export_dir: Path, wall_s: float, tokens: float) -> dict[str, Any]:
     """Compute cost of a run. FLOPs are the usual estimate: 6·N per token for the policy's
     forward + backward, plus 2·N per token for DPO's reference forward (ORPO has none)."""
     from safetensors import safe_open
@@ -293,7 +238,8 @@ def run_info(cfg: DistributedTrainConfig, export_dir: Path, wall_s: float, token
     reference_flops = 2.0 * n_params * tokens if cfg.loss.type.needs_reference_model else 0.0
     return {
         "method": cfg.loss.type.value,
-        "loss": {"type": cfg.loss.type.value, "lam": cfg.loss.lam, "beta": cfg.loss.beta,
+        "loss": {"type": cfg.loss.type.value, "lam": cfg.loss.lam,
+                 "beta": cfg.loss.beta_value() if cfg.loss.type.default_beta is not None else None,
                  "gamma_beta_ratio": cfg.loss.gamma_beta_ratio},
         "wall_s": wall_s,
         "num_workers": cfg.scaling.num_workers,
@@ -313,12 +259,17 @@ def _numel(shape: list[int]) -> int:
     return total
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> Any:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (defaults when omitted)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. deepspeed.zero_stage=3")
     args = parser.parse_args(argv)
-    return run(load_config(DistributedTrainConfig, args.config, args.overrides))
+    cfg = load_config(Config, args.config, args.overrides)
+    if cfg.launcher == "local":
+        from orpo.train_local import run as run_local
+
+        return run_local(cfg)
+    return run(cfg)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+
 from evaluation.judges import ChatRequest, Judgment, template_id
+from evaluation.settings import AnnotatorConfig
 
 ANNOTATOR_NAME = "weighted_alpaca_eval_gpt4_turbo"
-OFFICIAL_JUDGE_MODEL = "gpt-4-1106-preview"
 FIRST_LABEL, SECOND_LABEL = "m", "M"
 
 # Verbatim from alpaca_eval 0.6.6 (Apache-2.0): alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt
@@ -57,22 +58,6 @@ Evaluate the models based on the quality and relevance of their outputs, and sel
 <|im_end|>'''  # noqa: E501
 
 TEMPLATE_ID = template_id(ANNOTATOR_NAME, ALPACA_EVAL_CLF_TEMPLATE)
-
-
-@dataclass
-class AnnotatorConfig:
-    """Decoding of the weighted annotator (defaults: alpaca_eval's `configs.yaml`)."""
-
-    use_logprobs: bool = True
-    """Weighted preference from logprobs. False: the generated label alone (1 or 2)."""
-    top_logprobs: int = 5
-    """Alternatives requested for the one generated token."""
-    max_tokens: int = 1
-    """The verdict is a single token, `m` or `M`."""
-    temperature: float = 1.0
-    """alpaca_eval uses 1; it does not matter when the preference comes from logprobs."""
-    swap_seed: int = 0
-    """Seed of the per-instruction output-order swap; alpaca_eval's default annotator uses 0."""
 
 
 @dataclass(frozen=True)

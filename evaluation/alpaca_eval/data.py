@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from evaluation.alpaca_eval.annotator import Comparison
+from evaluation.settings import default_reference_outputs  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_REFERENCE_OUTPUTS = (
@@ -24,9 +25,6 @@ HUB_REFERENCE_FILE = "alpaca_eval_gpt4_baseline.json"
 N_INSTRUCTIONS = 805
 
 
-def default_reference_outputs() -> str:
-    """The shared copy when this checkout has one, else the hub dataset name."""
-    return str(SHARED_REFERENCE_OUTPUTS) if SHARED_REFERENCE_OUTPUTS.exists() else HUB_REPO
 
 
 def load_reference_outputs(source: str | os.PathLike) -> list[dict[str, Any]]:

@@ -30,13 +30,14 @@ of the prediction average too (they are reported, never scored).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
+
+from evaluation.settings import LengthControlConfig
 
 LENGTH_FEATURE = "np.tanh(std_delta_len)"
 DIFFICULTY_FEATURE = "instruction_difficulty"
@@ -51,25 +52,6 @@ NOT_COMPARABLE_NOTE = (
     "(tatsu-lab/alpaca_eval df_gamed.csv); fitted locally with the '{glm}' GLM: "
     "not comparable to the leaderboard's LC win rate"
 )
-
-
-@dataclass
-class LengthControlConfig:
-    """Where the official GLM inputs are, and the fit's settings (alpaca_eval's defaults)."""
-
-    gamed_baselines_csv: str | None = None
-    """Path to alpaca_eval's `df_gamed.csv` (hub: tatsu-lab/alpaca_eval). Enables the official
-    `length_controlled_v1` GLM."""
-    instruction_difficulty_csv: str | None = None
-    """Path to alpaca_eval's `instruction_difficulty.csv`; used when `gamed_baselines_csv` is not
-    given (`length_controlled_noreg`)."""
-    regularize_to_baseline_lambda: float = 0.2
-    """Total weight of the gamed-baseline annotations (split between the two)."""
-    n_splits: int = 5
-    """Folds of the grouped cross-validation that picks C."""
-    n_cs: int = 10
-    """Size of the C grid, logspace(-4, 4, n_cs) (sklearn's `Cs=10`)."""
-    random_state: int = 123
 
 
 def glm_name(config: LengthControlConfig) -> str:

@@ -14,10 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from evaluation.alpaca_eval.annotator import ANNOTATOR_NAME, OFFICIAL_JUDGE_MODEL
+from evaluation.alpaca_eval.annotator import ANNOTATOR_NAME
 from evaluation.alpaca_eval.data import N_INSTRUCTIONS
 from evaluation.alpaca_eval.length_control import LengthControlConfig, length_controlled_winrate
 from evaluation.fixture_judge import FIXTURE_MODEL_NAME
+from evaluation.settings import ALPACA_EVAL_JUDGE_MODEL as OFFICIAL_JUDGE_MODEL
 
 
 def win_rate_stats(preferences: Sequence[float]) -> dict[str, float]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from evaluation.alpaca_eval.annotator import (
-    OFFICIAL_JUDGE_MODEL,
     AnnotatorConfig,
     Comparison,
     annotation_needs_judge,
@@ -19,30 +18,14 @@ from evaluation.alpaca_eval.annotator import (
 )
 from evaluation.alpaca_eval.data import (
     N_INSTRUCTIONS,
-    default_reference_outputs,
     load_reference_outputs,
     make_comparisons,
     model_output_records,
     write_model_outputs,
 )
-from evaluation.alpaca_eval.length_control import LengthControlConfig
 from evaluation.alpaca_eval.metrics import aggregate
-from evaluation.judges import JudgeClient, JudgeConfig
-
-
-@dataclass
-class AlpacaEvalConfig:
-    """AlpacaEval 2.0 settings."""
-
-    reference_outputs: str = field(default_factory=default_reference_outputs)
-    """Baseline outputs (GPT-4-Turbo, 805 records): a JSON path, or `tatsu-lab/alpaca_eval`."""
-    judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(model=OFFICIAL_JUDGE_MODEL))
-    """Judge endpoint; `cache_path` None means `<output_dir>/judge_cache.jsonl`."""
-    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
-    length_control: LengthControlConfig = field(default_factory=LengthControlConfig)
-    allow_subset: bool = False
-    """Accept outputs for fewer than all 805 instructions (smoke tests; flagged as not
-    comparable in the summary)."""
+from evaluation.judges import JudgeClient
+from evaluation.settings import AlpacaEvalConfig
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The generation stage's config: typed dataclasses loaded with ``orpo.config.load_config``."""
+"""The ``generation`` section of the config root (``pipelines.config.Config``)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,6 @@ from typing import Any, Literal
 from orpo.config import ConfigError
 
 BENCHMARK_NAMES = ("ifeval", "mt_bench", "alpaca_eval")
-
-
-@dataclass
-class ModelConfig:
-    """The model that generates."""
-
-    path: str = "tiny"
-    """HF hub name or local path; ``tiny`` builds the random-init tiny Llama under
-    ``output_dir/base_model``."""
-    name: str | None = None
-    """Name written into the outputs (AlpacaEval ``generator``, MT-Bench ``model_id``);
-    defaults to the last component of ``path``."""
-    trust_remote_code: bool = False
-    """Run model code shipped with the checkpoint. Off unless you trust its source."""
 
 
 @dataclass
@@ -110,28 +96,15 @@ class VLLMBackendConfig:
 
 
 @dataclass
-class RayConfig:
-    """How to reach Ray."""
+class GenerationConfig:
+    """The ``generation`` section: which benchmarks, which backend, what decoding.
 
-    address: str | None = None
-    """Cluster address; ``None`` uses ``RAY_ADDRESS`` when set (as under ``ray job submit``),
-    else starts a private local instance. ``auto`` joins a cluster started on this machine."""
-    num_cpus: int | None = None
-    """CPUs of a local instance (ignored when joining a cluster)."""
+    The model that answers is the root's ``model`` section, Ray is the root's ``ray``."""
 
-
-@dataclass
-class GenerateConfig:
-    """Generate answers to benchmark prompts with one model."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """The model that answers."""
     benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARK_NAMES))
     """Which benchmarks to generate for: any of ifeval, mt_bench, alpaca_eval."""
     backend: Literal["hf", "vllm"] = "hf"
     """``hf`` (transformers, anywhere) or ``vllm`` (Ray Data LLM, GPUs)."""
-    output_dir: str = "runs/generate"
-    """Where ``<benchmark>.jsonl`` and ``<benchmark>.meta.json`` go."""
     ifeval: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     """IFEval: greedy, up to 1280 new tokens unless overridden."""
     mt_bench: BenchmarkConfig = field(default_factory=BenchmarkConfig)
@@ -142,8 +115,6 @@ class GenerateConfig:
     """Settings of the transformers backend."""
     vllm: VLLMBackendConfig = field(default_factory=VLLMBackendConfig)
     """Settings of the vLLM backend."""
-    ray: RayConfig = field(default_factory=RayConfig)
-    """How to reach Ray."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.benchmarks) - set(BENCHMARK_NAMES))

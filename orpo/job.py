@@ -1,0 +1,151 @@
+"""One job set-up for both launchers: the model (LoRA), the DPO reference in every mode, export.
+
+``orpo.train_local`` (one process) and ``pipelines.train`` (Ray Train workers under DeepSpeed)
+differ only in where the data comes from and which engine steps the optimiser; everything a
+training job builds around the loop is built here, so the two cannot drift apart.
+
+Reference modes of DPO (``loss.needs_reference_model``):
+- ``loss.reference_model`` set: that model, frozen;
+- unset, with LoRA: the policy with its adapters disabled (the base it started from);
+- unset, without LoRA: a frozen copy of the initial policy (loaded again from ``model_path``);
+- ``loss.precompute_reference``: any of the above, scored once before training; the batches
+  then carry ``ref_chosen_logps`` / ``ref_rejected_logps`` and no reference stays loaded.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orpo.collate import PreferenceCollator
+from orpo.logps import use_chunked
+from orpo.modeling import (
+    apply_lora,
+    export_model,
+    is_peft,
+    load_model,
+    load_tokenizer,
+    prepare_for_training,
+)
+from orpo.objective import ModelReference, ReferenceLogps
+from orpo.trainer_config import TrainSections
+
+# Seeds differ per rank (dropout masks must), by a large odd stride so ranks never share a stream.
+RANK_SEED_STRIDE = 1_000_003
+
+
+@dataclass
+class TrainingJob:
+    """What a launcher trains: the tokenizer, the policy, its reference and the log-prob path."""
+
+    model_path: str
+    tokenizer: Any
+    model: torch.nn.Module
+    """The policy (a PEFT model with LoRA); the launcher hands it to its engine."""
+    reference: ReferenceLogps | None
+    """Live DPO reference log-probs; None for reference-free losses and precomputed references."""
+    chunked: bool
+    """Whether log-probs go through the chunked LM-head path."""
+
+    def collator(self, pad_to_multiple_of: int | None) -> PreferenceCollator:
+        return PreferenceCollator(self.tokenizer.pad_token_id, pad_to_multiple_of)
+
+
+def seed_for_setup(cfg: TrainSections) -> None:
+    """The same seed on every rank while models are built: LoRA's initial weights must agree."""
+    random.seed(cfg.loop.seed)
+    torch.manual_seed(cfg.loop.seed)
+
+
+def seed_for_training(cfg: TrainSections, rank: int) -> None:
+    """A different seed per rank for training-time randomness (dropout, LoRA dropout)."""
+    seed = cfg.loop.seed + RANK_SEED_STRIDE * rank
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_job(cfg: TrainSections, model_path: str, device: torch.device | None, dtype: torch.dtype | None = None,
+              wrap_reference: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> TrainingJob:
+    """Tokenizer, policy (gradient checkpointing, LoRA) and the live reference, as configured.
+
+    ``device=None`` leaves models where they load (DeepSpeed places them). ``wrap_reference``
+    lets a launcher wrap a separately loaded reference (ZeRO-3 partitions it in an inference engine).
+    """
+    seed_for_setup(cfg)
+    tokenizer = load_tokenizer(model_path, cfg.model)
+    policy = prepare_for_training(load_model(model_path, cfg.model, device, dtype), cfg.model)
+    chunked = use_chunked(policy, cfg.loop.logits_mode)
+    reference = None
+    if cfg.loss.type.needs_reference_model and not cfg.loss.precompute_reference:
+        reference = live_reference(cfg, policy, model_path, device, dtype, chunked, wrap_reference)
+    return TrainingJob(model_path, tokenizer, policy, reference, chunked)
+
+
+def live_reference(cfg: TrainSections, policy: torch.nn.Module | None, model_path: str, device: torch.device | None,
+                   dtype: torch.dtype | None, chunked: bool,
+                   wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> ModelReference:
+    """The DPO reference model (see the module docstring for the modes)."""
+    chunk_size = cfg.loop.logits_chunk_size
+    if cfg.loss.reference_model is None and policy is not None and is_peft(policy):
+        return ModelReference(policy, disable_adapter=True, chunked=chunked, chunk_size=chunk_size)
+    reference = load_model(cfg.loss.reference_model or model_path, cfg.model, device, dtype)
+    if wrap is not None:
+        reference = wrap(reference)
+    return ModelReference(reference, chunked=chunked, chunk_size=chunk_size)
+
+
+def reference_scorer(cfg: TrainSections, model_path: str, device: torch.device,
+                     dtype: torch.dtype | None = None) -> ModelReference:
+    """The reference that ``loss.precompute_reference`` scores with, before any training.
+
+    With LoRA and no ``reference_model`` this is the base model: the policy with its adapters
+    off, before training, is exactly that.
+    """
+    reference = load_model(cfg.loss.reference_model or model_path, cfg.model, device, dtype)
+    return ModelReference(reference, chunked=use_chunked(reference, cfg.loop.logits_mode),
+                          chunk_size=cfg.loop.logits_chunk_size)
+
+
+def reference_logps(examples: Iterable[dict[str, Any]], reference: ReferenceLogps, collator: PreferenceCollator,
+                    device: torch.device, batch_size: int) -> Iterator[tuple[float, float]]:
+    """Summed reference log-probs ``(chosen, rejected)`` of each example, in order."""
+    chunk: list[dict[str, Any]] = []
+    for example in [*examples, None]:
+        if example is not None:
+            chunk.append(example)
+        if chunk and (example is None or len(chunk) == batch_size):
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator(chunk).items()}
+            ref_chosen, ref_rejected = reference(batch)
+            yield from zip(ref_chosen.tolist(), ref_rejected.tolist())
+            chunk = []
+
+
+def export_trained(cfg: TrainSections, job: TrainingJob, out_dir: str | Path,
+                   state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save the trained model as a Hugging Face checkpoint that ``from_pretrained`` reloads.
+
+    ``state_dict`` is the full state gathered from a sharded engine (the policy's own keys,
+    PEFT's ``base_model.model.…`` with LoRA); without it the in-process model is saved. LoRA is
+    merged into its base unless ``model.lora.save == "adapter"``. A gathered LoRA state is
+    loaded into a freshly built base + LoRA model first (strictly: every tensor must match), so
+    what is saved is exactly what was trained, under the base model's own key names.
+    """
+    save = cfg.model.lora.save
+    if state_dict is None:
+        return export_model(job.model, job.tokenizer, out_dir, save)
+    if not is_peft(job.model):
+        target = job.model.get_base_model() if hasattr(job.model, "get_base_model") else job.model
+        return export_model(target, job.tokenizer, out_dir, save, state_dict=state_dict)
+    dtype = next(iter(state_dict.values())).dtype
+    rebuilt = apply_lora(load_model(job.model_path, cfg.model, torch.device("cpu"), dtype), cfg.model.lora)
+    missing, unexpected = rebuilt.load_state_dict(state_dict, strict=False)
+    tied = {name for name in missing if name.endswith("lm_head.weight")} if rebuilt.config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"the gathered LoRA state does not match the model: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
+    return export_model(rebuilt, job.tokenizer, out_dir, save)
