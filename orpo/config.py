@@ -69,7 +69,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"'{key}' must be a list, got {value!r}")
         item = args[0] if args else Any
-        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"'{key}' must be a mapping, got {value!r}")

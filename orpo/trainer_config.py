@@ -100,8 +100,7 @@ class DataConfig:
         require(self.synthetic_size > 0, "data.synthetic_size", "must be > 0", self.synthetic_size)
         require(self.limit is None or self.limit > 0, "data.limit", "must be > 0 or unset", self.limit)
         require(self.max_length > 1, "data.max_length", "must be > 1", self.max_length)
-        require(0 < self.max_prompt_length < self.max_length, "data.max_prompt_length",
-                f"must be in (0, data.max_length={self.max_length})", self.max_prompt_length)
+        require(self.max_prompt_length > 0, "data.max_prompt_length", "must be > 0", self.max_prompt_length)
         require(self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0, "data.pad_to_multiple_of",
                 "must be > 0 or unset", self.pad_to_multiple_of)
 

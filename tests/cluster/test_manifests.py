@@ -20,7 +20,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from orpo.config import load_config
-from pipelines.train_config import DistributedTrainConfig
+from pipelines.config import Config
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
@@ -301,7 +301,7 @@ def test_documented_command_names_a_real_module_and_a_loadable_config(source, co
     assert config is not None, f"{source}: {command!r} gives no --config"
     assert (REPO / config).is_file(), f"{source}: {config} does not exist"
     if module == "pipelines.train":
-        load_config(DistributedTrainConfig, REPO / config, overrides)
+        load_config(Config, REPO / config, overrides)
 
 
 def test_rayjob_entrypoint_runs_a_gpu_recipe():
@@ -309,7 +309,7 @@ def test_rayjob_entrypoint_runs_a_gpu_recipe():
     module, config, overrides = parse_command(job["spec"]["entrypoint"])
     assert (module, overrides) == ("pipelines.train", [])
     assert config in RECIPES
-    assert load_config(DistributedTrainConfig, REPO / config).scaling.use_gpu
+    assert load_config(Config, REPO / config).scaling.use_gpu
 
 
 # ---------------------------------------------------------------- runtime envs
@@ -375,7 +375,7 @@ def test_job_runtime_env_merges_with_the_one_pipelines_train_passes(monkeypatch)
     captured: dict[str, Any] = {}
     monkeypatch.setattr(train.ray, "is_initialized", lambda: False)
     monkeypatch.setattr(train.ray, "init", lambda *args, **kwargs: captured.update(kwargs))
-    train.init_ray(load_config(DistributedTrainConfig, REPO / RECIPES[0]))
+    train.init_ray(load_config(Config, REPO / RECIPES[0]))
     assert captured, "pipelines.train did not call ray.init"
     merged = _merge_runtime_env(job_env, captured.get("runtime_env"))
     assert merged is not None, (
@@ -474,7 +474,7 @@ def gpu_nodes() -> list[tuple[str, float, float, int]]:
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_fits_one_node_of_every_cluster(recipe):
-    cfg = load_config(DistributedTrainConfig, REPO / recipe)
+    cfg = load_config(Config, REPO / recipe)
     workers, per_worker = cfg.scaling.num_workers, cfg.scaling.resources_per_worker
     for cluster, gpus, cpus, most_nodes in gpu_nodes():
         assert most_nodes >= 1, cluster

@@ -12,7 +12,8 @@ from orpo.data import TokenizeSpec, tokenize_records
 from orpo.objective import GlobalCounts, ModelReference, batch_counts, micro_batch_loss
 from orpo.synthetic import make_preference_records
 from orpo.train_local import run
-from orpo.trainer_config import LossConfig, TrainConfig
+from orpo.trainer_config import LossConfig
+from pipelines.config import Config
 from orpo.losses import LossType
 
 
@@ -59,15 +60,15 @@ def test_gradient_accumulation_invariance(tiny_model_dir, tiny_tokenizer, exampl
 
 
 def _cfg(tmp_path, *overrides):
-    return load_config(TrainConfig, "configs/tiny_local.yaml", [f"output_dir={tmp_path}", "data.synthetic_size=200",
-                                                                "train.logging_steps=1", *overrides])
+    return load_config(Config, "configs/tiny_local.yaml", [f"output_dir={tmp_path}", "data.synthetic_size=200",
+                                                                "loop.logging_steps=1", *overrides])
 
 
 def test_resume_from_checkpoint_is_bit_identical(tmp_path, tiny_model_dir):
-    common = [f"model.name_or_path={tiny_model_dir}", "train.max_steps=6", "train.save_steps=3",
-              "train.micro_batch_size=4", "train.global_batch_size=8", "train.eval_at_start=false"]
+    common = [f"model.name_or_path={tiny_model_dir}", "loop.max_steps=6", "loop.save_steps=3",
+              "loop.micro_batch_size=4", "loop.global_batch_size=8", "loop.eval_at_start=false"]
     full = run(_cfg(tmp_path / "full", *common), echo=False)
-    resumed = run(_cfg(tmp_path / "resumed", *common), resume_from=full.checkpoints[0], echo=False)
+    resumed = run(_cfg(tmp_path / "resumed", *common, f"checkpoint.resume_from={full.checkpoints[0]}"), echo=False)
     assert full.checkpoints[0].name == "step_00000003"
     losses = {m["step"]: m["loss"] for m in full.history if "loss" in m}
     resumed_losses = {m["step"]: m["loss"] for m in resumed.history if "loss" in m}
@@ -77,8 +78,8 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path, tiny_model_dir):
 
 
 def test_dpo_reference_loaded_or_precomputed_agree(tmp_path, tiny_model_dir):
-    common = [f"model.name_or_path={tiny_model_dir}", "loss.type=dpo", "loss.beta=0.1", "train.max_steps=3",
-              "train.micro_batch_size=4", "train.global_batch_size=8"]
+    common = [f"model.name_or_path={tiny_model_dir}", "loss.type=dpo", "loss.beta=0.1", "loop.max_steps=3",
+              "loop.micro_batch_size=4", "loop.global_batch_size=8"]
     loaded = run(_cfg(tmp_path / "loaded", *common), echo=False)
     precomputed = run(_cfg(tmp_path / "pre", *common, "loss.precompute_reference=true"), echo=False)
     first = [m for m in loaded.history if "loss" in m]
@@ -91,7 +92,7 @@ def test_dpo_reference_loaded_or_precomputed_agree(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize("save", ["merged", "adapter"])
 def test_lora_exports(tmp_path, tiny_model_dir, save):
     cfg = _cfg(tmp_path, f"model.name_or_path={tiny_model_dir}", "model.lora.enabled=true", "model.lora.r=4",
-               f"model.lora.save={save}", "train.max_steps=2", "train.micro_batch_size=4", "train.global_batch_size=4")
+               f"model.lora.save={save}", "loop.max_steps=2", "loop.micro_batch_size=4", "loop.global_batch_size=4")
     run(cfg, echo=False)
     export = tmp_path / "export"
     if save == "merged":
@@ -111,7 +112,7 @@ def test_run_writes_metrics_rejects_and_a_loadable_export(tmp_path, tiny_model_d
                                                   {"prompt": "p", "chosen": "x"}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = _cfg(tmp_path / "run", f"model.name_or_path={tiny_model_dir}", f"data.source={data}",
-               "train.max_steps=3", "train.micro_batch_size=4", "train.global_batch_size=4",
+               "loop.max_steps=3", "loop.micro_batch_size=4", "loop.global_batch_size=4",
                "model.gradient_checkpointing=true")
     ctx = run(cfg, echo=False)
     stats = json.loads((tmp_path / "run" / "data_stats.json").read_text())
@@ -146,8 +147,8 @@ def test_orpo_lowers_rejected_logps_where_sft_raises_them(tmp_path, tiny_model_d
     """
     def eval_rows(loss_type):
         cfg = _cfg(tmp_path / loss_type, f"model.name_or_path={tiny_model_dir}", f"loss.type={loss_type}",
-                   "loss.lam=1.0", "data.synthetic_size=1000", "train.epochs=2", "train.max_steps=100",
-                   "train.logging_steps=50", "train.eval_steps=50")
+                   "loss.lam=1.0", "data.synthetic_size=1000", "loop.epochs=2", "loop.max_steps=100",
+                   "loop.logging_steps=50", "loop.eval_steps=50")
         rows = [m for m in run(cfg, echo=False).history if "eval/logps/rejected" in m]
         assert rows[-1]["step"] == 100
         return rows[0], rows[-1]

@@ -14,7 +14,7 @@ import ray
 
 from orpo.config import load_config
 from pipelines.train import run
-from pipelines.train_config import DistributedTrainConfig
+from pipelines.config import Config
 from tests.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -28,9 +28,9 @@ def test_two_node_cluster_places_workers_on_both_nodes(tmp_path, tiny_model_dir)
     cluster.add_node(num_cpus=2)
     try:
         ray.init(address=cluster.address)
-        cfg = load_config(DistributedTrainConfig, "configs/tiny_cpu.yaml", [
+        cfg = load_config(Config, "configs/tiny_cpu.yaml", [
             f"output_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}", "data.synthetic_size=200",
-            "train.max_steps=3", "train.eval_steps=null", "scaling.placement_strategy=STRICT_SPREAD",
+            "loop.max_steps=3", "loop.eval_steps=null", "scaling.placement_strategy=STRICT_SPREAD",
             "deepspeed.zero_stage=3"])
         result = run(cfg)
         workers = list_actors(address=cluster.address, filters=[("class_name", "=", "RayTrainWorker")], detail=True)
@@ -66,7 +66,7 @@ def test_ray_job_submit_runs_the_training_entry_point(tmp_path):
         out = tmp_path / "job"
         command = [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO_ROOT), "--",
                    "python", "-m", "pipelines.train", "--config", "configs/tiny_cpu.yaml", f"output_dir={out}",
-                   "data.synthetic_size=200", "train.max_steps=4", "train.eval_steps=null"]
+                   "data.synthetic_size=200", "loop.max_steps=4", "loop.eval_steps=null"]
         for _ in range(30):
             submitted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
             # The job API answers before its agent is up; the head says so and asks to retry.

@@ -10,10 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from orpo.data import assign_split
 from orpo.synthetic import make_preference_records
 from orpo.trainer_config import DataConfig
 from pipelines import data as data_pipeline
-from pipelines.train_config import DataPipelineSettings
+from pipelines.config import DataPipelineSettings
 
 pytestmark = pytest.mark.distributed
 
@@ -69,8 +70,8 @@ def test_directory_and_glob_sources_and_split_is_stable(tmp_path, tiny_model_dir
     assert len(data_pipeline.list_source_files(str(tmp_path / "part[01].jsonl"))) == 2
     with pytest.raises(FileNotFoundError, match="matches no"):
         data_pipeline.list_source_files(str(tmp_path / "nothing*.jsonl"))
-    splits = [data_pipeline.assign_split("f.jsonl", row, 0.25, seed=3) for row in range(2000)]
-    assert splits == [data_pipeline.assign_split("f.jsonl", row, 0.25, seed=3) for row in range(2000)]
+    splits = [assign_split("f.jsonl", row, 0.25, seed=3) for row in range(2000)]
+    assert splits == [assign_split("f.jsonl", row, 0.25, seed=3) for row in range(2000)]
     assert 0.2 < splits.count("eval") / 2000 < 0.3
 
 
@@ -83,7 +84,7 @@ def test_streams_a_dataset_several_times_larger_than_the_object_store(tmp_path, 
         from orpo.synthetic import make_preference_records
         from orpo.trainer_config import DataConfig
         from pipelines import data as dp
-        from pipelines.train_config import DataPipelineSettings
+        from pipelines.config import DataPipelineSettings
         src = Path({str(tmp_path)!r}) / "big"
         src.mkdir()
         pad = "x" * 20_000  # an unused column: read, carried through the stream, dropped by tokenization

@@ -6,7 +6,8 @@ import pytest
 
 from evaluation.fixture_judge import FixtureJudgeConfig, serve_fixture_judge
 from orpo.config import load_config
-from pipelines.evaluate import EvaluateConfig, evaluate
+from pipelines.config import Config
+from pipelines.evaluate import evaluate
 from tests.conftest import SHARED_BENCHMARKS
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed,
@@ -24,8 +25,8 @@ def own_ray():
 
 def test_evaluate_generates_and_scores_every_benchmark(tmp_path, tiny_model_dir, own_ray):
     with serve_fixture_judge(FixtureJudgeConfig(fail_429_every=5)) as judge:
-        cfg = load_config(EvaluateConfig, "configs/evaluate_tiny.yaml", [
-            f"output_dir={tmp_path}", f"generation.model.path={tiny_model_dir}", f"judge.base_url={judge.base_url}"])
+        cfg = load_config(Config, "configs/evaluate_tiny.yaml", [
+            f"output_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}", f"evaluation.judge.base_url={judge.base_url}"])
         summary = evaluate(cfg)
         requests_first_run = judge.stats.requests
         assert requests_first_run > 0

@@ -22,10 +22,10 @@ from orpo.tiny import build_tiny_model
 from pipelines import generate as generate_module
 from pipelines.generation import vllm_backend
 from pipelines.generation.benchmarks import DEFAULT_PATHS, load_prompts, resolve_decoding
+from pipelines.config import Config
 from pipelines.generation.config import (
     BenchmarkConfig,
     DecodingConfig,
-    GenerateConfig,
     VLLMBackendConfig,
 )
 from pipelines.generation.hf_backend import HFGenerator
@@ -105,13 +105,13 @@ def prompt_files(tmp_path_factory) -> dict[str, str]:
 def small_run(model: str, files: dict[str, str], output_dir: Path, *extra: str) -> list[str]:
     """Overrides for a quick run: fixture prompts, 6 new tokens, 2 prompts per HF batch."""
     overrides = [
-        f"model.path={model}",
-        "model.name=tiny-test",
+        f"model.name_or_path={model}",
+        "model.display_name=tiny-test",
         f"output_dir={output_dir}",
-        "hf.batch_size=2",
+        "generation.hf.batch_size=2",
     ]
     for name, path in files.items():
-        overrides += [f"{name}.data_path={path}", f"{name}.decoding.max_new_tokens=6"]
+        overrides += [f"generation.{name}.data_path={path}", f"generation.{name}.decoding.max_new_tokens=6"]
     return overrides + list(extra)
 
 
@@ -148,33 +148,33 @@ def test_decoding_defaults_follow_the_benchmarks():
 
 def test_explicit_overrides_beat_benchmark_defaults(tmp_path):
     cfg = load_config(
-        GenerateConfig,
+        Config,
         REPO_ROOT / "configs/generate_tiny.yaml",
         [
-            "mt_bench.decoding.temperature=0",
-            "mt_bench.decoding.category_temperatures.writing=0.5",
-            "alpaca_eval.decoding.temperature=0.7",
+            "generation.mt_bench.decoding.temperature=0",
+            "generation.mt_bench.decoding.category_temperatures.writing=0.5",
+            "generation.alpaca_eval.decoding.temperature=0.7",
         ],
     )
-    assert resolve_decoding("mt_bench", cfg.mt_bench.decoding, "writing").temperature == 0.5
-    assert resolve_decoding("mt_bench", cfg.mt_bench.decoding, "roleplay").temperature == 0.0
-    alpaca = resolve_decoding("alpaca_eval", cfg.alpaca_eval.decoding)
+    assert resolve_decoding("mt_bench", cfg.generation.mt_bench.decoding, "writing").temperature == 0.5
+    assert resolve_decoding("mt_bench", cfg.generation.mt_bench.decoding, "roleplay").temperature == 0.0
+    alpaca = resolve_decoding("alpaca_eval", cfg.generation.alpaca_eval.decoding)
     assert (alpaca.temperature, alpaca.greedy, alpaca.max_new_tokens) == (0.7, False, 16)
-    assert resolve_decoding("ifeval", cfg.ifeval.decoding).max_new_tokens == 16  # from the YAML
+    assert resolve_decoding("ifeval", cfg.generation.ifeval.decoding).max_new_tokens == 16  # from the YAML
 
 
 def test_config_rejects_unknown_keys_and_benchmarks():
-    with pytest.raises(ConfigError, match="hf.batchsize"):
-        load_config(GenerateConfig, None, ["hf.batchsize=3"])
+    with pytest.raises(ConfigError, match="generation.hf.batchsize"):
+        load_config(Config, None, ["generation.hf.batchsize=3"])
     with pytest.raises(ConfigError, match="unknown benchmark 'gsm8k'"):
-        load_config(GenerateConfig, None, ["benchmarks=[ifeval,gsm8k]"])
+        load_config(Config, None, ["generation.benchmarks=[ifeval,gsm8k]"])
 
 
 @pytest.mark.parametrize(
     "path", sorted((REPO_ROOT / "configs").glob("generate_*.yaml")), ids=lambda p: p.name
 )
 def test_example_configs_load(path):
-    assert isinstance(load_config(GenerateConfig, path), GenerateConfig)
+    assert isinstance(load_config(Config, path), Config)
 
 
 @pytest.mark.skipif(
@@ -332,15 +332,15 @@ def test_vllm_backend_path_through_ray_data(
     fake.build_processor = build_processor
     monkeypatch.setitem(sys.modules, "ray.data.llm", fake)
     cfg = load_config(
-        GenerateConfig,
+        Config,
         None,
         small_run(
             tiny_model,
             prompt_files,
             tmp_path,
-            "backend=vllm",
-            "benchmarks=[ifeval]",
-            "vllm.tensor_parallel_size=4",
+            "generation.backend=vllm",
+            "generation.benchmarks=[ifeval]",
+            "generation.vllm.tensor_parallel_size=4",
         ),
     )
     records = read_jsonl(generate_module.generate(cfg)["ifeval"])
@@ -372,7 +372,7 @@ def test_reruns_generate_only_what_is_missing(tiny_model, prompt_files, tmp_path
 
     monkeypatch.setattr(generate_module, "init_ray", lambda cfg: None)
     monkeypatch.setattr(generate_module, "run_backend", echo_backend)
-    cfg = load_config(GenerateConfig, None, small_run(tiny_model, prompt_files, tmp_path))
+    cfg = load_config(Config, None, small_run(tiny_model, prompt_files, tmp_path))
     outputs = generate_module.generate(cfg)
     assert passes == [3 + 2 + 2, 2]  # every first turn, then MT-Bench turn 2
     first_run = {name: read_jsonl(path) for name, path in outputs.items()}

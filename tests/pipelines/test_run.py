@@ -9,24 +9,25 @@ import ray
 import yaml
 
 from orpo.config import from_dict, load_config, to_dict
-from pipelines.run import PipelineConfig, method_config, run_pipeline
-from pipelines.sweep import SweepConfig, sweep
+from pipelines.config import Config
+from pipelines.run import method_config, run_pipeline
+from pipelines.sweep import sweep
 from tests.conftest import SHARED_BENCHMARKS
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed,
               pytest.mark.skipif(not SHARED_BENCHMARKS.exists(), reason="../shared/benchmarks is absent")]
 
-SMALL = ["train.data.synthetic_size=300", "train.data.eval_fraction=0.1", "train.train.max_steps=8",
-         "train.train.eval_steps=4", "train.train.logging_steps=4", "train.train.epochs=1",
+SMALL = ["data.synthetic_size=300", "data.eval_fraction=0.1", "loop.max_steps=8",
+         "loop.eval_steps=4", "loop.logging_steps=4", "loop.epochs=1",
          "sweep.space={loss.lam: {grid: [0.5, 2.0]}}", "sweep.objective=eval/rewards/accuracies",
-         "evaluation.generation.ifeval.limit=8", "evaluation.generation.ifeval.decoding.max_new_tokens=16",
-         "evaluation.generation.alpaca_eval.limit=2", "evaluation.generation.mt_bench.limit=1"]
+         "generation.ifeval.limit=8", "generation.ifeval.decoding.max_new_tokens=16",
+         "generation.alpaca_eval.limit=2", "generation.mt_bench.limit=1"]
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("quick") / "run"
-    cfg = load_config(PipelineConfig, "configs/quickstart.yaml", [f"output_dir={run_dir}", *SMALL])
+    cfg = load_config(Config, "configs/quickstart.yaml", [f"output_dir={run_dir}", *SMALL])
     paths = run_pipeline(cfg)
     yield cfg, run_dir, paths
     ray.shutdown()
@@ -83,11 +84,11 @@ def test_rerun_resumes_without_redoing_stages_and_sweeps_restore(finished_run):
     sizes = [p.stat().st_size for p in trial_metrics]
     sweep_cfg = method_config(cfg, cfg.methods[0], run_dir, [f"output_dir={run_dir / 'sweep' / 'orpo'}"])
     sweep_cfg["sweep"] = to_dict(cfg.sweep)
-    restored = sweep(from_dict(SweepConfig, sweep_cfg))  # Tuner.restore: the finished trials are not redone
+    restored = sweep(from_dict(Config, sweep_cfg))  # Tuner.restore: the finished trials are not redone
     assert [p.stat().st_size for p in trial_metrics] == sizes
     assert restored["config"] == json.loads((run_dir / "sweep" / "orpo" / "best.json").read_text())["config"]
 
-    changed = load_config(PipelineConfig, "configs/quickstart.yaml", [f"output_dir={run_dir}", *SMALL,
-                                                                       "train.loss.lam=0.3"])
+    changed = load_config(Config, "configs/quickstart.yaml", [f"output_dir={run_dir}", *SMALL,
+                                                                       "loss.lam=0.3"])
     with pytest.raises(ValueError, match="different config"):
         run_pipeline(changed)

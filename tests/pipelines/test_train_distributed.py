@@ -12,8 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from orpo.config import load_config
-from pipelines.train import run, start_local_ray
-from pipelines.train_config import DistributedTrainConfig
+from pipelines.ray_runtime import start_local_ray
+from pipelines.train import run
+from pipelines.config import Config
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -33,9 +34,9 @@ def data_dir(tmp_path_factory):
 
 
 def _cfg(out, model_dir, data_dir, *overrides):
-    return load_config(DistributedTrainConfig, "configs/tiny_cpu.yaml", [
+    return load_config(Config, "configs/tiny_cpu.yaml", [
         f"output_dir={out}", f"model.name_or_path={model_dir}", f"data_pipeline.data_dir={data_dir}",
-        "data.synthetic_size=400", "train.logging_steps=1", "train.eval_steps=null", "train.eval_at_start=false",
+        "data.synthetic_size=400", "loop.logging_steps=1", "loop.eval_steps=null", "loop.eval_at_start=false",
         *overrides])
 
 
@@ -54,8 +55,8 @@ def test_zero_stages_match_and_export_reloads(tmp_path, tiny_model_dir, data_dir
     trajectories = {}
     for stage in (0, 2, 3):
         out = tmp_path / f"zero{stage}"
-        run(_cfg(out, tiny_model_dir, data_dir, f"deepspeed.zero_stage={stage}", "train.max_steps=8",
-                 "train.save_steps=null"))
+        run(_cfg(out, tiny_model_dir, data_dir, f"deepspeed.zero_stage={stage}", "loop.max_steps=8",
+                 "loop.save_steps=null"))
         trajectories[stage] = _losses(out)
     assert len(trajectories[0]) == 8
     for stage in (2, 3):
@@ -90,7 +91,7 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, tiny_model_dir, data_di
     killer = threading.Thread(target=_kill_a_worker_at, args=(out, 6, ray.get_runtime_context().gcs_address),
                               daemon=True)
     killer.start()
-    run(_cfg(out, tiny_model_dir, data_dir, "train.max_steps=12", "train.save_steps=4",
+    run(_cfg(out, tiny_model_dir, data_dir, "loop.max_steps=12", "loop.save_steps=4",
              "checkpoint.max_failures=2"))
     killer.join(timeout=5)
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -105,10 +106,10 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, tiny_model_dir, data_di
 
 def test_resume_from_starts_a_new_job_at_the_checkpointed_step(tmp_path, tiny_model_dir, data_dir, shared_ray):
     first = tmp_path / "first"
-    run(_cfg(first, tiny_model_dir, data_dir, "train.max_steps=4", "train.save_steps=4"))
+    run(_cfg(first, tiny_model_dir, data_dir, "loop.max_steps=4", "loop.save_steps=4"))
     checkpoints = [p for p in (first / "ray").glob("*/checkpoint_*") if p.is_dir() and not (p / "export").exists()]
     assert len(checkpoints) == 1
     second = tmp_path / "second"
-    run(_cfg(second, tiny_model_dir, data_dir, "train.max_steps=6", f"checkpoint.resume_from={checkpoints[0]}"))
+    run(_cfg(second, tiny_model_dir, data_dir, "loop.max_steps=6", f"checkpoint.resume_from={checkpoints[0]}"))
     steps = [json.loads(x)["step"] for x in (second / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 6]
