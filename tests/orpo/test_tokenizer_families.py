@@ -8,13 +8,16 @@ comes from the generation stage's own code (``BenchmarkRun.requests``, MT-Bench 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from orpo.chat import turn_end_token_id
 from orpo.data import TokenizeSpec, normalize_record, tokenize_pair
+from pipelines.generation import vllm_backend
 from pipelines.generation.benchmark_run import BenchmarkRun
 from pipelines.generation.config import BenchmarkConfig
+from pipelines.generation.hf_backend import _eos_token_ids
 from tests.orpo.tokenizer_families import families
 
 FAMILIES = ["sentencepiece", "chatml", "llama3", "zephyr"]
@@ -111,6 +114,24 @@ def test_generation_prompt_is_the_trained_prompt(name, tmp_path):
             else:
                 run.receive(request, answers[turn])
     assert seen == len(cases)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_generation_stops_at_the_trained_turn_end(name, tmp_path):
+    """Both backends stop at the turn-end token training ends responses with, even when a base
+    checkpoint's ``generation_config`` names only its EOS (``<|endoftext|>``, ``<|end_of_text|>``)."""
+    family = families()[name]
+    tokenizer = family.tokenizer
+    turn_end_id = tokenizer.convert_tokens_to_ids(family.turn_end)
+    base_model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=tokenizer.eos_token_id))
+    assert turn_end_id in _eos_token_ids(base_model, tokenizer)
+    path = tmp_path / "question.jsonl"
+    path.write_text(json.dumps({"question_id": 1, "category": "writing", "turns": ["Hi."]}) + "\n")
+    run = BenchmarkRun("mt_bench", BenchmarkConfig(data_path=str(path)), tmp_path, "model", "path")
+    (request,) = run.requests(0, tokenizer)
+    assert request.row["stop_token_ids"] == [turn_end_id]
+    row = {"generation_id": "1", **request.row}
+    assert vllm_backend.preprocess(row)["sampling_params"]["stop_token_ids"] == [turn_end_id]
 
 
 def test_boundary_merge_is_split_like_trl_and_reported():
