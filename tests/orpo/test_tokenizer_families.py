@@ -154,6 +154,13 @@ def test_boundary_merge_is_split_like_trl_and_reported():
     assert example["prompt_trimmed"] == 1
     assert tokenizer.convert_ids_to_tokens(example["chosen_ids"][:1]) == ["ĊĊ"]
 
+    from trl.experimental.orpo import ORPOTrainer
+
+    prompt_text = tokenizer.apply_chat_template(pair.prompt, tokenize=False, add_generation_prompt=True)
+    answer = "\nYes.<|im_end|>"
+    trl = ORPOTrainer.build_tokenized_answer(SimpleNamespace(processing_class=tokenizer), prompt_text, answer)
+    assert (example["prompt_ids"], example["chosen_ids"]) == (list(trl["prompt_input_ids"]), list(trl["input_ids"]))
+
 
 def test_truncation_keeps_bos_and_the_prompt_end():
     family = families()["sentencepiece"]
@@ -165,3 +172,49 @@ def test_truncation_keeps_bos_and_the_prompt_end():
     assert cut["prompt_ids"][1:] == full["prompt_ids"][-63:]
     assert cut["chosen_ids"] == full["chosen_ids"][:64] and cut["truncated"]
     assert cut["rejected_ids"] == full["rejected_ids"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_split_matches_trl_build_tokenized_answer(name):
+    """Parity with TRL's ORPO split (``enc(a + b)`` cut where ``enc(a)`` stops being its prefix),
+    on the rendered prompt and the assistant turn's text through its end token."""
+    from trl.experimental.orpo import ORPOTrainer
+
+    family = families()[name]
+    tokenizer = family.tokenizer
+    trainer = SimpleNamespace(processing_class=tokenizer)
+    for index, record in enumerate(_records(family)):
+        pair = normalize_record(record, index)
+        example = tokenize_pair(pair, tokenizer, SPEC, index)
+        prompt_text = tokenizer.apply_chat_template(pair.prompt, tokenize=False, add_generation_prompt=True)
+        conversation = tokenizer.apply_chat_template(
+            pair.prompt + [{"role": "assistant", "content": pair.chosen}], tokenize=False)
+        answer = conversation[len(prompt_text):]
+        answer = answer[: answer.rindex(family.turn_end) + len(family.turn_end)]
+        trl = ORPOTrainer.build_tokenized_answer(trainer, prompt_text, answer)
+        bos = [tokenizer.bos_token_id] if family.uses_bos and trl["prompt_input_ids"][:1] != [tokenizer.bos_token_id] \
+            else []
+        assert example["prompt_ids"] == bos + list(trl["prompt_input_ids"])
+        assert example["chosen_ids"] == list(trl["input_ids"])
+
+
+def test_template_errors_are_rejects_and_templates_without_turn_end_get_eos():
+    from orpo.data import RecordError, RejectReason
+
+    tokenizer = families()["sentencepiece"].tokenizer  # Mistral's template has no system role
+    with pytest.raises(RecordError) as info:
+        tokenize_pair(normalize_record(SYSTEM_RECORD, 3), tokenizer, SPEC, 3)
+    assert (info.value.index, info.value.reason) == (3, RejectReason.MALFORMED_MESSAGES)
+    assert "roles must alternate" in info.value.detail
+
+    tokenizer = families()["zephyr"].tokenizer
+    original = tokenizer.chat_template
+    try:
+        tokenizer.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+        assert turn_end_token_id(tokenizer) == tokenizer.eos_token_id
+        example = tokenize_pair(normalize_record(RECORDS[0], 0), tokenizer, SPEC)
+        assert example["chosen_ids"][-1] == tokenizer.eos_token_id
+        assert example["chosen_ids"].count(tokenizer.eos_token_id) == 1
+    finally:
+        tokenizer.chat_template = original
+    assert turn_end_token_id(tokenizer) == tokenizer.convert_tokens_to_ids("</s>")
