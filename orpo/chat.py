@@ -5,6 +5,8 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from jinja2 import TemplateError
+
 Message = dict[str, str]
 
 # Used when a tokenizer ships no chat template: the Zephyr format that the ORPO paper's
@@ -60,7 +62,7 @@ def with_single_bos(tokenizer: Any, ids: list[int]) -> list[int]:
 
 # A plain word no template rewrites (no whitespace to trim, no markup).
 _PROBE_ANSWER = "Probeanswer"
-_TURN_END_CACHE: "weakref.WeakKeyDictionary[Any, tuple[str, int | None]]" = weakref.WeakKeyDictionary()
+_TURN_END_CACHE: weakref.WeakKeyDictionary[Any, tuple[str, int | None]] = weakref.WeakKeyDictionary()
 
 
 def turn_end_token_id(tokenizer: Any) -> int | None:
@@ -73,14 +75,17 @@ def turn_end_token_id(tokenizer: Any) -> int | None:
     special token there (or cannot render the probe conversation); ``None`` when neither exists.
     """
     template = chat_template(tokenizer)
-    cached = _TURN_END_CACHE.get(tokenizer)
+    try:
+        cached = _TURN_END_CACHE.get(tokenizer)
+    except TypeError:  # not weak-referenceable or hashable: no cache
+        cached = None
     if cached is not None and cached[0] == template:
         return cached[1]
     token = tokenizer.eos_token_id
     try:
         text = render_conversation(tokenizer, [{"role": "user", "content": "Probequestion"},
                                                {"role": "assistant", "content": _PROBE_ANSWER}])
-    except Exception:  # a template that rejects the probe: keep EOS
+    except TemplateError:  # a template that rejects the probe conversation: keep EOS
         text = ""
     if _PROBE_ANSWER in text:
         suffix = text[text.rindex(_PROBE_ANSWER) + len(_PROBE_ANSWER):]
@@ -89,5 +94,8 @@ def turn_end_token_id(tokenizer: Any) -> int | None:
         written = [i for i in tokenizer(suffix, add_special_tokens=False)["input_ids"] if i in special]
         if written:
             token = written[0]
-    _TURN_END_CACHE[tokenizer] = (template, token)
+    try:
+        _TURN_END_CACHE[tokenizer] = (template, token)
+    except TypeError:
+        pass
     return token

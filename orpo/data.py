@@ -24,7 +24,13 @@ from typing import Any
 
 from jinja2 import TemplateError
 
-from orpo.chat import Message, render_conversation, render_prompt, turn_end_token_id, with_single_bos
+from orpo.chat import (
+    Message,
+    render_conversation,
+    render_prompt,
+    turn_end_token_id,
+    with_single_bos,
+)
 
 logger = logging.getLogger(__name__)
 
