@@ -198,7 +198,7 @@ def tokenize_pair(pair: PreferencePair, tokenizer: Any, spec: TokenizeSpec, inde
     ``prompt_ids + chosen_ids`` is the tokenization of the whole rendered conversation (prompt
     plus the chosen assistant turn) up to and including the turn's end token, and the same for
     ``rejected_ids`` (see ``encode_turns``). BOS appears once, at the start, when the tokenizer
-    uses one; the turn-end token ends every response that is not truncated.
+    has one (``orpo.chat.with_single_bos``); the turn-end token ends every response that is not truncated.
     """
     prompt_ids, (chosen_ids, rejected_ids), prompt_trimmed = encode_turns(
         tokenizer, pair.prompt, [pair.chosen, pair.rejected], index, columns.prompt)
