@@ -17,12 +17,23 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orpo.chat import Message, encode_prompt, render_conversation, render_prompt
+from jinja2 import TemplateError
+
+from orpo.chat import (
+    Message,
+    render_conversation,
+    render_prompt,
+    turn_end_token_id,
+    with_single_bos,
+)
+
+logger = logging.getLogger(__name__)
 
 
 class RejectReason(str, enum.Enum):
@@ -185,12 +196,13 @@ def tokenize_pair(pair: PreferencePair, tokenizer: Any, spec: TokenizeSpec, inde
                   columns: Columns = Columns()) -> dict[str, Any]:
     """Token ids of the prompt and both responses, truncated to ``spec``.
 
-    BOS appears once (at the prompt's start); EOS ends every response that is not truncated.
+    ``prompt_ids + chosen_ids`` is the tokenization of the whole rendered conversation (prompt
+    plus the chosen assistant turn) up to and including the turn's end token, and the same for
+    ``rejected_ids`` (see ``encode_turns``). BOS appears once, at the start, when the tokenizer
+    has one (``orpo.chat.with_single_bos``); the turn-end token ends every response that is not truncated.
     """
-    prompt_text = render_prompt(tokenizer, pair.prompt)
-    prompt_ids = encode_prompt(tokenizer, pair.prompt)
-    chosen_ids = _response_ids(tokenizer, pair.prompt, prompt_text, pair.chosen)
-    rejected_ids = _response_ids(tokenizer, pair.prompt, prompt_text, pair.rejected)
+    prompt_ids, (chosen_ids, rejected_ids), prompt_trimmed = encode_turns(
+        tokenizer, pair.prompt, [pair.chosen, pair.rejected], index, columns.prompt)
 
     truncated = len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) > spec.max_length
     if truncated and len(prompt_ids) > spec.max_prompt_length:
@@ -211,19 +223,81 @@ def tokenize_pair(pair: PreferencePair, tokenizer: Any, spec: TokenizeSpec, inde
         "rejected_ids": rejected_ids,
         "length": len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)),
         "truncated": truncated,
+        "prompt_trimmed": prompt_trimmed,
     }
 
 
-def _response_ids(tokenizer: Any, prompt: list[Message], prompt_text: str, response: str) -> list[int]:
-    """The assistant turn as the chat template writes it, cut right after its EOS."""
-    full_text = render_conversation(tokenizer, prompt + [{"role": "assistant", "content": response}])
-    text = full_text[len(prompt_text):] if full_text.startswith(prompt_text) else response
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    if eos in ids:
-        # Templates may write separators after EOS (e.g. "</s>\n"); the turn ends at EOS.
-        return ids[: len(ids) - ids[::-1].index(eos)]
-    return ids + [eos]
+def encode_turns(tokenizer: Any, prompt: list[Message], responses: list[str], index: int = -1,
+                 prompt_field: str = "prompt") -> tuple[list[int], list[list[int]], int]:
+    """(prompt ids, one id list per response, prompt tokens trimmed) from whole conversations.
+
+    Each response is rendered inside its conversation and the whole text is tokenized once, so
+    the ids are those the model sees: SentencePiece tokenizers give a response's first word no
+    word-start "▁" after ``[/INST]``, which tokenizing the response alone would. The prompt/response
+    split is where the tokenized generation prompt (``orpo.chat.encode_prompt``, what the
+    generation stage feeds the model) stops being a prefix of the tokenized conversations, as in
+    TRL's ``DPOTrainer`` (``common_prefix_length``). Normally that is the whole generation
+    prompt; when a token merges across the boundary (ByteLevel BPE with "assistant\n" followed
+    by a response starting with "\n", say) the split moves left and the merged token is
+    trained as part of the response, so ``prompt + response`` still equals the whole
+    conversation's tokenization. The number of generation-prompt tokens left out of the
+    trained prompt is returned (0 normally) so callers can report it: for such records the
+    model is trained on a context that differs from the one it is prompted with.
+
+    Each response ends right after the template's turn-end token (``turn_end_token_id``):
+    separators the template writes after it (ChatML's "\n") are not trained on. A template
+    that writes no turn-end token gets ``eos_token`` appended, so the model learns to stop.
+    """
+    try:
+        prompt_text = render_prompt(tokenizer, prompt)
+        texts = [render_conversation(tokenizer, prompt + [{"role": "assistant", "content": response}])
+                 for response in responses]
+    except TemplateError as error:
+        raise RecordError(index, prompt_field, RejectReason.MALFORMED_MESSAGES,
+                          f"the chat template rejects these messages: {error}") from None
+    # One batched call: the fast tokenizer encodes the three texts in parallel.
+    encoded = tokenizer([prompt_text, *texts], add_special_tokens=False)["input_ids"]
+    generation_prompt = with_single_bos(tokenizer, encoded[0])
+    conversations = [with_single_bos(tokenizer, ids) for ids in encoded[1:]]
+    split = min(common_prefix_length(generation_prompt, ids) for ids in conversations)
+    end = turn_end_token_id(tokenizer)
+    response_ids = [_through_turn_end(ids[split:], end) for ids in conversations]
+    trimmed = len(generation_prompt) - split
+    if trimmed and not _warned_trimmed:
+        _warn_trimmed(tokenizer, generation_prompt[split:])
+    return generation_prompt[:split], response_ids, trimmed
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading ids ``a`` and ``b`` share."""
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def _through_turn_end(ids: list[int], end: int | None) -> list[int]:
+    """``ids`` cut right after their last turn-end token, or with the turn-end token appended."""
+    if end is None:
+        return ids
+    if end in ids:
+        return ids[: len(ids) - ids[::-1].index(end)]
+    return ids + [end]
+
+
+_warned_trimmed = False
+
+
+def _warn_trimmed(tokenizer: Any, left_out: list[int]) -> None:
+    global _warned_trimmed
+    _warned_trimmed = True
+    logger.warning(
+        "the tokenized generation prompt is not a prefix of the tokenized conversation (a token merges "
+        "across the prompt/response boundary, or the template renders the prompt differently); the "
+        "trained prompt leaves out %r, which the generation stage feeds the model. Counted per record "
+        "as 'prompt_trimmed'; shown once.", tokenizer.decode(left_out))
 
 
 def assign_split(source: str, row: int, eval_fraction: float, seed: int) -> str:

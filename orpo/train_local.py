@@ -62,6 +62,7 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, output_dir: Path) -> tuple[Tok
         "train_pairs": len(train_set.examples),
         "eval_pairs": len(eval_set.examples),
         "truncated": sum(ex["truncated"] for ex in train_set.examples + eval_set.examples),
+        "prompt_trimmed": sum(ex["prompt_trimmed"] > 0 for ex in train_set.examples + eval_set.examples),
     }
     if not train_set.examples:
         raise ValueError(f"no usable training pairs in '{cfg.source}': {stats}")

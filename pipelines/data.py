@@ -162,7 +162,7 @@ def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, trust_remo
     spec_, columns_ = TokenizeSpec(**spec), Columns(**columns)
     out: dict[str, list] = {name: [] for name in
                             ["split", "source", "index", "prompt_ids", "chosen_ids", "rejected_ids", "length",
-                             "truncated", "reject_reason", "reject_field", "reject_detail"]}
+                             "truncated", "prompt_trimmed", "reject_reason", "reject_field", "reject_detail"]}
     for record_json, source, row in zip(batch["record_json"], batch["source"], batch["row"]):
         source, row = str(source), int(row)
         try:
@@ -175,12 +175,13 @@ def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, trust_remo
             example = tokenize_pair(normalize_record(record, row, columns_), tokenizer, spec_, row, columns_)
             split, reason, field, detail = assign_split(source, row, eval_fraction, seed), "", "", ""
         except RecordError as error:
-            example = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "length": 0, "truncated": False}
+            example = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "length": 0, "truncated": False,
+                       "prompt_trimmed": 0}
             split, reason, field, detail = "rejected", error.reason.value, error.field, error.detail
         out["split"].append(split)
         out["source"].append(source)
         out["index"].append(row)
-        for key in ("prompt_ids", "chosen_ids", "rejected_ids", "length", "truncated"):
+        for key in ("prompt_ids", "chosen_ids", "rejected_ids", "length", "truncated", "prompt_trimmed"):
             out[key].append(example[key])
         out["reject_reason"].append(reason)
         out["reject_field"].append(field)
@@ -229,13 +230,14 @@ def summarize(tokenized: Path, rejects_path: Path) -> dict[str, Any]:
     """Count rows per split and write ``rejects.jsonl``, reading only the small columns."""
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
-    truncated = 0
+    truncated = prompt_trimmed = 0
     with rejects_path.open("w") as rejects:
         for split in SPLITS:
             paths = _split_paths(tokenized, split)
             if not paths:
                 continue
-            columns = ["source", "index", "reject_reason", "reject_field", "reject_detail", "truncated"]
+            columns = ["source", "index", "reject_reason", "reject_field", "reject_detail", "truncated",
+                       "prompt_trimmed"]
             for batch in ray.data.read_parquet(paths, columns=columns).iter_batches(batch_size=4096,
                                                                                    batch_format="pyarrow"):
                 counts[split] += batch.num_rows
@@ -247,9 +249,11 @@ def summarize(tokenized: Path, rejects_path: Path) -> dict[str, Any]:
                                                   "detail": row["reject_detail"]}) + "\n")
                 else:
                     truncated += sum(batch.column("truncated").to_pylist())
+                    # Pairs whose trained prompt is shorter than the generation prompt (orpo.data.encode_turns).
+                    prompt_trimmed += sum(n > 0 for n in batch.column("prompt_trimmed").to_pylist())
     return {"read": sum(counts.values()), "accepted": counts["train"] + counts["eval"], "rejected": counts["rejected"],
             "rejected_by_reason": dict(reasons), "train_pairs": counts["train"], "eval_pairs": counts["eval"],
-            "truncated": truncated}
+            "truncated": truncated, "prompt_trimmed": prompt_trimmed}
 
 
 def split_dataset(data_dir: Path, split: str, seed: int) -> ray.data.Dataset | None:

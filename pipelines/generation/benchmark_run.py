@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from orpo.chat import encode_prompt
+from orpo.chat import encode_prompt, turn_end_token_id
 from pipelines.generation.benchmarks import (
     ID_FIELDS,
     Decoding,
@@ -50,7 +50,7 @@ class Request:
     """One answer to generate: a row for the backends plus where the answer belongs."""
 
     row: dict[str, Any]
-    """``prompt_token_ids``, ``temperature``, ``top_p``, ``max_new_tokens``, ``seed``."""
+    """``prompt_token_ids``, ``stop_token_ids``, ``temperature``, ``top_p``, ``max_new_tokens``, ``seed``."""
     prompt_key: str
     turn: int
     sample_index: int
@@ -111,6 +111,9 @@ class BenchmarkRun:
     def requests(self, turn: int, tokenizer: Any) -> list[Request]:
         """Requests for turn ``turn`` of every pending prompt whose earlier turns are answered."""
         requests = []
+        # The turn ends where training ended it, which need not be EOS (ChatML, Llama-3).
+        turn_end = turn_end_token_id(tokenizer)
+        stop_token_ids = [turn_end] if turn_end is not None else []
         for key, pending in self.pending.items():
             if len(pending.prompt.turns) <= turn or pending.turns_done != turn:
                 continue
@@ -120,6 +123,7 @@ class BenchmarkRun:
                 decoding = pending.decoding
                 row = dict(
                     prompt_token_ids=encode_prompt(tokenizer, messages),
+                    stop_token_ids=stop_token_ids,
                     temperature=decoding.temperature,
                     top_p=decoding.top_p,
                     max_new_tokens=decoding.max_new_tokens,

@@ -10,6 +10,7 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from orpo.chat import turn_end_token_id
 from pipelines.generation.benchmarks import GREEDY_BELOW, clean_output
 from pipelines.generation.config import HFBackendConfig
 
@@ -138,11 +139,17 @@ def _python(value: Any) -> Any:
 
 
 def _eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The checkpoint's EOS ids, the tokenizer's EOS and the chat template's turn-end token.
+
+    A model trained from a base checkpoint on a ChatML / Llama-3 template learned to end its
+    turn with ``<|im_end|>`` / ``<|eot_id|>``, which the base ``generation_config`` does not list.
+    """
     configured = model.generation_config.eos_token_id
     ids = configured if isinstance(configured, list) else [configured]
     ids = [token for token in ids if token is not None]
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
+    for token in (tokenizer.eos_token_id, turn_end_token_id(tokenizer)):
+        if token is not None and token not in ids:
+            ids.append(token)
     return ids
 
 

@@ -55,8 +55,12 @@ def processor_config_kwargs(
 
 
 def sampling_params(row: dict[str, Any]) -> dict[str, Any]:
-    """``vllm.SamplingParams`` of a request row, matching the HF backend's decoding."""
-    return dict(
+    """``vllm.SamplingParams`` of a request row, matching the HF backend's decoding.
+
+    A row's ``stop_token_ids`` (the chat template's turn-end token) stop generation besides
+    vLLM's own EOS ids, as in the HF backend.
+    """
+    params = dict(
         temperature=float(row["temperature"]),  # vLLM decodes greedily at 0
         top_p=float(row["top_p"]),
         top_k=-1,  # off, as in the HF backend
@@ -65,6 +69,10 @@ def sampling_params(row: dict[str, Any]) -> dict[str, Any]:
         seed=int(row["seed"]),
         skip_special_tokens=True,
     )
+    stop = row.get("stop_token_ids")
+    if stop is not None and len(stop):
+        params["stop_token_ids"] = [int(token) for token in stop]
+    return params
 
 
 def preprocess(row: dict[str, Any]) -> dict[str, Any]:

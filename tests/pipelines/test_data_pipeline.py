@@ -50,6 +50,7 @@ def test_rejects_are_written_with_reasons_and_counts_add_up(tmp_path, tiny_model
     assert stats["read"] == 33 and stats["accepted"] == 30 and stats["rejected"] == 3
     assert stats["train_pairs"] + stats["eval_pairs"] == 30 and stats["eval_pairs"] > 0
     assert stats["rejected_by_reason"] == {"empty_chosen": 1, "identical_responses": 1, "wrong_type": 1}
+    assert stats["prompt_trimmed"] == 0  # the Zephyr template never merges across the prompt boundary
     rejects = [json.loads(x) for x in (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()]
     by_row = {r["index"]: r for r in rejects}
     assert set(by_row) == {15, 16, 17}  # source positions (line numbers) of the bad records
