@@ -10,8 +10,8 @@ import select
 import socket
 import subprocess
 import sys
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from pathlib import Path
 from types import SimpleNamespace
 

@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from orpo.collate import PreferenceCollator, length_grouped_batches, random_batches
-from orpo.data import (Columns, RecordError, RejectReason, TokenizeSpec, normalize_record, tokenize_pair,
-                       tokenize_records)
+from orpo.data import (
+    Columns,
+    RecordError,
+    RejectReason,
+    TokenizeSpec,
+    normalize_record,
+    tokenize_pair,
+    tokenize_records,
+)
 from orpo.logps import IGNORE_INDEX
 
 SPEC = TokenizeSpec(max_length=128, max_prompt_length=64)

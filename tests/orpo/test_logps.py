@@ -5,8 +5,16 @@ import torch
 from transformers import LlamaForCausalLM
 
 from orpo.collate import PreferenceCollator
-from orpo.logps import (IGNORE_INDEX, LogitsMode, NllSpan, concatenated_forward, response_logps,
-                        token_logps_chunked, token_logps_from_logits, use_chunked)
+from orpo.logps import (
+    IGNORE_INDEX,
+    LogitsMode,
+    NllSpan,
+    concatenated_forward,
+    response_logps,
+    token_logps_chunked,
+    token_logps_from_logits,
+    use_chunked,
+)
 from orpo.tiny import tiny_llama_config
 
 

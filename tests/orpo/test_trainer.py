@@ -9,12 +9,12 @@ from transformers import AutoModelForCausalLM
 from orpo.collate import PreferenceCollator
 from orpo.config import load_config
 from orpo.data import TokenizeSpec, tokenize_records
+from orpo.losses import LossType
 from orpo.objective import GlobalCounts, ModelReference, batch_counts, micro_batch_loss
 from orpo.synthetic import make_preference_records
 from orpo.train_local import run
 from orpo.trainer_config import LossConfig
 from pipelines.config import Config
-from orpo.losses import LossType
 
 
 @pytest.fixture(scope="module")

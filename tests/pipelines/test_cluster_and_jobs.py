@@ -13,8 +13,8 @@ import pytest
 import ray
 
 from orpo.config import load_config
-from pipelines.train import run
 from pipelines.config import Config
+from pipelines.train import run
 from tests.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]

@@ -20,9 +20,9 @@ from orpo.chat import encode_prompt
 from orpo.config import ConfigError, load_config
 from orpo.tiny import build_tiny_model
 from pipelines import generate as generate_module
+from pipelines.config import Config
 from pipelines.generation import vllm_backend
 from pipelines.generation.benchmarks import DEFAULT_PATHS, load_prompts, resolve_decoding
-from pipelines.config import Config
 from pipelines.generation.config import (
     BenchmarkConfig,
     DecodingConfig,

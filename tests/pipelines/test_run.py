@@ -8,7 +8,7 @@ import pytest
 import ray
 import yaml
 
-from orpo.config import from_dict, load_config, to_dict
+from orpo.config import load_config
 from pipelines.config import Config
 from pipelines.run import method_config, run_pipeline
 from pipelines.sweep import sweep
@@ -82,9 +82,8 @@ def test_rerun_resumes_without_redoing_stages_and_sweeps_restore(finished_run):
 
     trial_metrics = sorted((run_dir / "sweep" / "orpo" / "trials").glob("*/metrics.jsonl"))
     sizes = [p.stat().st_size for p in trial_metrics]
-    sweep_cfg = method_config(cfg, cfg.methods[0], run_dir, [f"output_dir={run_dir / 'sweep' / 'orpo'}"])
-    sweep_cfg["sweep"] = to_dict(cfg.sweep)
-    restored = sweep(from_dict(Config, sweep_cfg))  # Tuner.restore: the finished trials are not redone
+    # Tuner.restore: the finished trials are not redone
+    restored = sweep(method_config(cfg, cfg.methods[0], run_dir, run_dir / "sweep" / "orpo"))
     assert [p.stat().st_size for p in trial_metrics] == sizes
     assert restored["config"] == json.loads((run_dir / "sweep" / "orpo" / "best.json").read_text())["config"]
 

@@ -12,9 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from orpo.config import load_config
+from pipelines.config import Config
 from pipelines.ray_runtime import start_local_ray
 from pipelines.train import run
-from pipelines.config import Config
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 

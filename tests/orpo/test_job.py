@@ -1,0 +1,74 @@
+"""The shared job set-up: λ-free sweep objectives, per-rank seeds and RNG state, the one split."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from orpo.collate import PreferenceCollator
+from orpo.config import replace_values
+from orpo.data import TokenizeSpec, tokenize_records
+from orpo.engine import TorchEngine
+from orpo.job import seed_for_training
+from orpo.objective import GlobalCounts, batch_counts, micro_batch_loss
+from orpo.synthetic import make_preference_records
+from orpo.trainer import TrainState, restore_checkpoint, save_checkpoint
+from pipelines.config import OBJECTIVE_MODES, Config
+
+
+def test_every_sweep_objective_ties_for_the_same_model_under_two_lambdas(tiny_model_dir, tiny_tokenizer):
+    """A sweep over λ compares models trained with different λ, so its objective must score the
+    same model the same whatever λ the trial used. ``eval/loss`` (NLL + λ·L_OR) does not: with λ
+    from 0.25 to 2 the same model's loss grows, so grid and ASHA would always pick the smallest λ."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    examples = tokenize_records(make_preference_records(8, seed=4), tiny_tokenizer, TokenizeSpec(256, 128)).examples
+    batch = PreferenceCollator(tiny_tokenizer.pad_token_id)(examples)
+    scores = {}
+    for lam in (0.25, 2.0):
+        loss_cfg = replace_values(Config(), {"loss.lam": lam}).loss
+        pairs, tokens = batch_counts(batch, loss_cfg).tolist()
+        with torch.no_grad():
+            _, metrics, _ = micro_batch_loss(model, batch, loss_cfg, GlobalCounts(pairs, tokens), world_size=1)
+        scores[lam] = {name: float(value) for name, value in metrics.items()}
+    for objective in OBJECTIVE_MODES:
+        if objective.startswith("eval/"):
+            name = objective.removeprefix("eval/")
+            assert scores[0.25][name] == pytest.approx(scores[2.0][name], abs=1e-6), objective
+    assert scores[2.0]["loss"] > scores[0.25]["loss"] + 0.1  # why eval/loss is not an objective
+    assert "eval/loss" not in OBJECTIVE_MODES and "eval/rewards/margins" not in OBJECTIVE_MODES
+
+
+def test_ranks_draw_different_dropout_masks_and_resume_their_own():
+    """Every rank used to seed alike, and under ZeRO <= 2 only rank 0's RNG state was saved, so
+    after a resume all ranks drew identical dropout masks. Each rank now seeds apart and saves
+    and restores its own state."""
+    cfg = Config()
+    draws = {}
+    for rank in (0, 1):
+        seed_for_training(cfg, rank)
+        draws[rank] = torch.rand(8)
+    assert not torch.equal(draws[0], draws[1])
+
+
+class _Ctx:
+    def __init__(self, rank: int, checkpoint_dir: Path):
+        self.rank, self.world_size, self.device = rank, 2, torch.device("cpu")
+        self.checkpoint_dir, self.restore_dir = checkpoint_dir, None
+
+
+def test_checkpoint_keeps_each_ranks_rng_state(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    engine = TorchEngine(model, Config().optim, total_steps=4)
+    expected = {}
+    for rank in (0, 1):  # both ranks write into the same checkpoint, as Ray merges them
+        seed_for_training(Config(), rank)
+        directory = save_checkpoint(_Ctx(rank, tmp_path), engine, TrainState(step=2))
+        expected[rank] = torch.rand(4)
+    for rank in (1, 0):
+        torch.manual_seed(123)  # anything: the restore must bring back this rank's own stream
+        state = restore_checkpoint(_Ctx(rank, tmp_path), engine, directory)
+        assert state.step == 2
+        assert torch.equal(torch.rand(4), expected[rank]), rank
+    with pytest.raises(FileNotFoundError, match="no RNG state for rank 2"):
+        restore_checkpoint(_Ctx(2, tmp_path), engine, directory)
