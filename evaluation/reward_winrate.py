@@ -47,7 +47,8 @@ class RewardModel:
         self.tokenizer.padding_side = "right"
         self.model = (
             AutoModelForSequenceClassification.from_pretrained(
-                path, dtype=resolve_dtype(dtype, self.device), trust_remote_code=trust_remote_code
+                path, dtype=resolve_dtype(dtype, self.device), trust_remote_code=trust_remote_code,
+                use_safetensors=True,  # never unpickle a checkpoint's weights
             )
             .to(self.device)
             .eval()

@@ -45,6 +45,16 @@ class RejectReason(str, enum.Enum):
     IDENTICAL_RESPONSES = "identical_responses"
     PROMPT_MISMATCH = "prompt_mismatch"
     NO_RESPONSE_TOKENS = "no_response_tokens"
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"
+
+
+@dataclass(frozen=True)
+class UnreadableRecord:
+    """A source row that is not a record at all (bad bytes, broken JSON): kept, to be rejected."""
+
+    reason: RejectReason
+    detail: str
 
 
 class RecordError(ValueError):
@@ -327,6 +337,8 @@ def tokenize_records(
     for position, record in enumerate(records):
         index = next(index_iter) if index_iter is not None else position
         try:
+            if isinstance(record, UnreadableRecord):
+                raise RecordError(index, "<record>", record.reason, record.detail)
             if not isinstance(record, Mapping):
                 raise RecordError(index, "<record>", RejectReason.WRONG_TYPE,
                                   f"a record must be a JSON object, got {type(record).__name__}")

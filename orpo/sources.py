@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from orpo.data import RejectReason, UnreadableRecord
 from orpo.synthetic import make_preference_records
 
 HUB_PREFIX = "hf:"
@@ -79,20 +80,28 @@ def load_labeled_records(source: str, split: str = "train", revision: str | None
     return labeled[:limit] if limit is not None else labeled
 
 
-def _read_file(file: str) -> list[dict[str, Any]]:
+def _read_file(file: str) -> list[Any]:
     if file.endswith(".parquet"):
         import pyarrow.parquet as pq
 
         return pq.read_table(file).to_pylist()
-    with open(file) as f:
-        if file.endswith(".json"):
-            data = json.load(f)
-            return data if isinstance(data, list) else [data]
-        records = []
-        for line_no, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{file}:{line_no}: not valid JSON: {error}") from None
-        return records
+    if file.endswith(".json"):
+        try:
+            data = json.loads(Path(file).read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{file}: not a UTF-8 JSON document: {error}") from None
+        return data if isinstance(data, list) else [data]
+    with open(file, "rb") as f:
+        return [parse_jsonl_line(line) for line in f if line.strip()]
+
+
+def parse_jsonl_line(line: bytes) -> Any:
+    """One JSONL line as a value, or an ``UnreadableRecord`` saying why it is not one."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return UnreadableRecord(RejectReason.NOT_UTF8, f"not UTF-8: {error}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        return UnreadableRecord(RejectReason.NOT_JSON, f"not valid JSON: {error}")

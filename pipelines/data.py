@@ -45,6 +45,8 @@ from pipelines.config import DataPipelineSettings
 SPLITS = ("train", "eval", "rejected")
 EXAMPLE_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "length", "truncated", "index", "source"]
 READ_CHUNK_ROWS = 1024
+# Carries an undecodable line's error through the JSON column (no real record has this key).
+NOT_UTF8_MARKER = "__orpo_not_utf8__"
 
 
 def _is_uri(path: str) -> bool:
@@ -104,21 +106,31 @@ def _iter_file(path: str) -> Iterator[str]:
                 for record in record_batch.to_pylist():
                     yield json.dumps(record, default=str)
         return
-    with fs.open_input_stream(fs_path) as f:
-        text = f.read().decode("utf-8") if path.endswith(".json") else None
-        if text is not None:
-            data = json.loads(text)
-            for record in data if isinstance(data, list) else [data]:
-                yield json.dumps(record)
-            return
+    if path.endswith(".json"):
+        with fs.open_input_stream(fs_path) as f:
+            try:
+                data = json.loads(f.read().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ValueError(f"{path}: not a UTF-8 JSON document: {error}") from None
+        for record in data if isinstance(data, list) else [data]:
+            yield json.dumps(record)
+        return
     with fs.open_input_stream(fs_path) as f:
         pending = b""
         while chunk := f.read(1 << 20):
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            yield from (line.decode("utf-8") for line in lines if line.strip())
+            yield from (_line_json(line) for line in lines if line.strip())
         if pending.strip():
-            yield pending.decode("utf-8")
+            yield _line_json(pending)
+
+
+def _line_json(line: bytes) -> str:
+    """A JSONL line as JSON text; a line of bad bytes becomes a marker the tokenizer rejects."""
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return json.dumps({NOT_UTF8_MARKER: f"not UTF-8: {error}"})
 
 
 def read_records(cfg: DataConfig, source: str, split: str, output_dir: Path) -> ray.data.Dataset:
@@ -169,7 +181,9 @@ def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, trust_remo
             try:
                 record = json.loads(record_json)
             except json.JSONDecodeError as error:
-                raise RecordError(row, "<record>", RejectReason.WRONG_TYPE, f"not valid JSON: {error}") from None
+                raise RecordError(row, "<record>", RejectReason.NOT_JSON, f"not valid JSON: {error}") from None
+            if isinstance(record, dict) and NOT_UTF8_MARKER in record:
+                raise RecordError(row, "<record>", RejectReason.NOT_UTF8, record[NOT_UTF8_MARKER])
             if not isinstance(record, dict):
                 raise RecordError(row, "<record>", RejectReason.WRONG_TYPE, "a record must be a JSON object")
             example = tokenize_pair(normalize_record(record, row, columns_), tokenizer, spec_, row, columns_)

@@ -174,6 +174,7 @@ def run(cfg: Config, callbacks: list[UserCallback] | tuple = ()) -> dict[str, An
     output_dir = Path(cfg.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    repair_jsonl(output_dir / "metrics.jsonl")  # a driver killed mid-write leaves a torn last line
     init_ray(cfg)
     model_path = resolve_model_path(cfg.model, output_dir)
     load_tokenizer(model_path, cfg.model)  # fail early, before any worker starts
@@ -224,6 +225,23 @@ def run(cfg: Config, callbacks: list[UserCallback] | tuple = ()) -> dict[str, An
           flush=True)
     return {"output_dir": output_dir, "export_dir": export_dir, "checkpoints": result.path, "stats": stats,
             "metrics": final}
+
+
+def repair_jsonl(path: Path) -> None:
+    """Cut a torn last line (a process killed mid-append) so appends and reads go on cleanly."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+        try:
+            json.loads(data[keep:])
+        except ValueError:
+            with path.open("r+b") as f:
+                f.truncate(keep)
+        else:
+            with path.open("ab") as f:
+                f.write(b"\n")  # whole, but unterminated: the next append must start a new line
 
 
 def run_info(cfg: Config, export_dir: Path, wall_s: float, tokens: float) -> dict[str, Any]:

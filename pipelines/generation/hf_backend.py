@@ -49,6 +49,7 @@ class HFGenerator:
                 model_path,
                 dtype=resolve_dtype(dtype, self.device),
                 trust_remote_code=trust_remote_code,
+                use_safetensors=True,  # never unpickle a checkpoint's weights
             )
             .to(self.device)
             .eval()

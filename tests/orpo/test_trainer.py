@@ -161,3 +161,17 @@ def test_orpo_lowers_rejected_logps_where_sft_raises_them(tmp_path, tiny_model_d
     assert orpo_end["eval/logps/rejected"] < sft_end["eval/logps/rejected"] - 1.0
     assert orpo_end["eval/logps/chosen"] - orpo_end["eval/logps/rejected"] > 1.0
     assert orpo_end["eval/nll"] < 1.6 * sft_end["eval/nll"]
+
+
+def test_the_training_entry_point_runs_the_local_launcher_without_ray(tmp_path, tiny_model_dir):
+    """`python -m pipelines.train --config configs/tiny_local.yaml` (launcher: local) is the same
+    job in one process: no Ray is started."""
+    import sys
+
+    from pipelines.train import main
+
+    ctx = main(["--config", "configs/tiny_local.yaml", f"output_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}",
+                "data.synthetic_size=100", "loop.max_steps=2", "loop.micro_batch_size=4", "loop.global_batch_size=8"])
+    assert [m["step"] for m in ctx.history if "loss" in m][-1] == 2
+    assert (tmp_path / "export" / "model.safetensors").exists()
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()

@@ -49,7 +49,7 @@ def test_rejects_are_written_with_reasons_and_counts_add_up(tmp_path, tiny_model
                                      tmp_path / "run")
     assert stats["read"] == 33 and stats["accepted"] == 30 and stats["rejected"] == 3
     assert stats["train_pairs"] + stats["eval_pairs"] == 30 and stats["eval_pairs"] > 0
-    assert stats["rejected_by_reason"] == {"empty_chosen": 1, "identical_responses": 1, "wrong_type": 1}
+    assert stats["rejected_by_reason"] == {"empty_chosen": 1, "identical_responses": 1, "not_json": 1}
     assert stats["prompt_trimmed"] == 0  # the Zephyr template never merges across the prompt boundary
     rejects = [json.loads(x) for x in (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()]
     by_row = {r["index"]: r for r in rejects}
@@ -107,3 +107,54 @@ def test_streams_a_dataset_several_times_larger_than_the_object_store(tmp_path, 
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["bytes"] > 3.5 * 80 * 1024 * 1024
     assert result["read"] == 15000 and result["accepted"] == 15000
+
+
+def test_a_torn_last_metrics_line_is_repaired(tmp_path):
+    """A driver killed mid-append leaves half a JSON line; the resumed run must not crash on it."""
+    from pipelines.train import repair_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    repair_jsonl(path)
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    path.write_text('{"step": 1}')
+    repair_jsonl(path)
+    assert path.read_text() == '{"step": 1}\n'
+
+
+def test_bad_bytes_and_bad_rows_are_rejects_under_both_launchers(tmp_path, tiny_model_dir, tiny_tokenizer, local_ray):
+    """A non-UTF-8 byte used to abort the whole read (a UnicodeDecodeError naming neither file nor
+    line), and in one process a row that is `null` or a number raised a TypeError. Every such row
+    is now a reject with its source, line and reason, and both launchers reject the same rows."""
+    from orpo.train_local import prepare_data
+
+    good = [json.dumps(r).encode() for r in make_preference_records(12, seed=2)]
+    bad = [b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}', b"null", b"42", b"[1, 2]", b'"text"',
+           b"{broken", json.dumps({"prompt": "p", "chosen": ["x"], "rejected": "r"}).encode()]
+    (tmp_path / "mixed.jsonl").write_bytes(b"\n".join(good[:6] + bad + good[6:]) + b"\n")
+    cfg = DataConfig(source=str(tmp_path / "mixed.jsonl"), eval_fraction=0.2, max_length=256, max_prompt_length=128)
+    stats = data_pipeline.preprocess(cfg, DataPipelineSettings(), str(tiny_model_dir), False, tmp_path / "ray")
+    assert (stats["read"], stats["accepted"], stats["rejected"]) == (19, 12, 7)
+    ray_rejects = [json.loads(x) for x in (tmp_path / "ray" / "rejects.jsonl").read_text().splitlines()]
+    reasons = {r["index"]: r["reason"] for r in ray_rejects}
+    assert reasons == {6: "not_utf8", 7: "wrong_type", 8: "wrong_type", 9: "wrong_type", 10: "wrong_type",
+                       11: "not_json", 12: "wrong_type"}
+    assert all(r["source"].endswith("mixed.jsonl") and r["detail"] for r in ray_rejects)
+
+    (tmp_path / "local").mkdir()
+    _, _, local_stats = prepare_data(cfg, tiny_tokenizer, tmp_path / "local")
+    local_rejects = [json.loads(x) for x in (tmp_path / "local" / "rejects.jsonl").read_text().splitlines()]
+    assert {k: local_stats[k] for k in ("read", "accepted", "rejected")} == {"read": 19, "accepted": 12, "rejected": 7}
+    key = lambda r: (r["source"], r["index"], r["reason"], r["field"])  # noqa: E731
+    assert sorted(map(key, local_rejects)) == sorted(map(key, ray_rejects))
+
+
+def test_every_row_rejected_or_an_empty_file_is_a_clear_error(tmp_path, tiny_tokenizer):
+    from orpo.train_local import prepare_data
+
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "p", "chosen": "", "rejected": "r"}\nnull\n')
+    with pytest.raises(ValueError, match="no usable training pairs in '.*bad.jsonl'"):
+        prepare_data(DataConfig(source=str(tmp_path / "bad.jsonl")), tiny_tokenizer, tmp_path)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="no usable training pairs"):
+        prepare_data(DataConfig(source=str(tmp_path / "empty.jsonl")), tiny_tokenizer, tmp_path)
