@@ -47,10 +47,10 @@ class TrainingJob:
     tokenizer: Any
     model: torch.nn.Module
     """The policy (a PEFT model with LoRA); the launcher hands it to its engine."""
-    reference: ReferenceLogps | None
+    chunked: bool = False
+    """Whether log-probs go through the chunked LM-head path (set by ``attach_engine``)."""
+    reference: ReferenceLogps | None = None
     """Live DPO reference log-probs; None for reference-free losses and precomputed references."""
-    chunked: bool
-    """Whether log-probs go through the chunked LM-head path."""
 
     def collator(self, pad_to_multiple_of: int | None) -> PreferenceCollator:
         return PreferenceCollator(self.tokenizer.pad_token_id, pad_to_multiple_of)
@@ -69,21 +69,31 @@ def seed_for_training(cfg: TrainSections, rank: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_job(cfg: TrainSections, model_path: str, device: torch.device | None, dtype: torch.dtype | None = None,
-              wrap_reference: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> TrainingJob:
-    """Tokenizer, policy (gradient checkpointing, LoRA) and the live reference, as configured.
+def build_job(cfg: TrainSections, model_path: str, device: torch.device | None,
+              dtype: torch.dtype | None = None) -> TrainingJob:
+    """Tokenizer and policy (gradient checkpointing, LoRA), as configured, seeded alike on every rank.
 
-    ``device=None`` leaves models where they load (DeepSpeed places them). ``wrap_reference``
-    lets a launcher wrap a separately loaded reference (ZeRO-3 partitions it in an inference engine).
+    ``device=None`` leaves the model where it loads (DeepSpeed places it). Once the launcher's
+    engine wraps the policy, ``attach_engine`` completes the job.
     """
     seed_for_setup(cfg)
     tokenizer = load_tokenizer(model_path, cfg.model)
     policy = prepare_for_training(load_model(model_path, cfg.model, device, dtype), cfg.model)
-    chunked = use_chunked(policy, cfg.loop.logits_mode)
-    reference = None
+    return TrainingJob(model_path, tokenizer, policy)
+
+
+def attach_engine(job: TrainingJob, cfg: TrainSections, module: torch.nn.Module, device: torch.device | None,
+                  dtype: torch.dtype | None = None,
+                  wrap_reference: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> None:
+    """Resolve the log-prob path on what the loop will call (``module``: the policy, or the
+    DeepSpeed engine, which under ZeRO-3 alone can run a forward) and build the live reference.
+
+    ``wrap_reference`` lets a launcher wrap a separately loaded reference (ZeRO-3 partitions it
+    in an inference engine).
+    """
+    job.chunked = use_chunked(module, cfg.loop.logits_mode)
     if cfg.loss.type.needs_reference_model and not cfg.loss.precompute_reference:
-        reference = live_reference(cfg, policy, model_path, device, dtype, chunked, wrap_reference)
-    return TrainingJob(model_path, tokenizer, policy, reference, chunked)
+        job.reference = live_reference(cfg, job.model, job.model_path, device, dtype, job.chunked, wrap_reference)
 
 
 def live_reference(cfg: TrainSections, policy: torch.nn.Module | None, model_path: str, device: torch.device | None,

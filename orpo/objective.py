@@ -117,7 +117,8 @@ class ModelReference:
         self.model, self.disable_adapter = model, disable_adapter
         self.chunked, self.chunk_size = chunked, chunk_size
         if not disable_adapter:
-            model.eval().requires_grad_(False)
+            model.eval()  # (a DeepSpeed engine's eval() returns None: no chaining)
+            model.requires_grad_(False)
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

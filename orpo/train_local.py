@@ -20,7 +20,7 @@ from orpo.config import to_dict
 from orpo.context import LocalContext, resolve_device
 from orpo.data import TokenizedBatch, assign_split, tokenize_records
 from orpo.engine import TorchEngine
-from orpo.job import build_job, export_trained, reference_logps, reference_scorer, seed_for_training
+from orpo.job import attach_engine, build_job, export_trained, reference_logps, reference_scorer, seed_for_training
 from orpo.modeling import resolve_model_path
 from orpo.sources import load_labeled_records
 from orpo.trainer import LoopInputs, train
@@ -111,6 +111,7 @@ def run(cfg: Any, echo: bool = True) -> LocalContext:
         return make_batches(eval_set.examples, collator, micro, 0, False, drop_last=False)
 
     engine = TorchEngine(job.model, cfg.optim, cfg.loop.total_steps(steps_per_epoch))
+    attach_engine(job, cfg, engine.module, device)
     seed_for_training(cfg, ctx.rank)
     inputs = LoopInputs(train_batches, steps_per_epoch, eval_batches if eval_set.examples else None,
                         job.reference, job.chunked)

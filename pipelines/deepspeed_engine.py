@@ -134,4 +134,5 @@ def inference_engine(model: torch.nn.Module, ds_config: dict[str, Any]) -> torch
     config["zero_optimization"] = {"stage": 3, **({"offload_param": zero["offload_param"]}
                                                   if "offload_param" in zero else {})}
     engine, *_ = deepspeed.initialize(model=model.requires_grad_(False), config=config)
-    return engine.eval()
+    engine.eval()  # DeepSpeedEngine.eval() returns None, unlike nn.Module.eval()
+    return engine

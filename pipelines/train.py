@@ -33,7 +33,7 @@ from ray.train.v2.api.callback import UserCallback
 
 from orpo.config import from_dict, load_config, to_dict
 from orpo.context import format_metrics
-from orpo.job import TrainingJob, build_job, export_trained, seed_for_training
+from orpo.job import TrainingJob, attach_engine, build_job, export_trained, seed_for_training
 from orpo.modeling import load_tokenizer, resolve_model_path
 from orpo.trainer import LoopInputs, train
 from pipelines import data as data_pipeline
@@ -123,9 +123,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from transformers.integrations import HfDeepSpeedConfig
 
         hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841  (must live while models load: ZeRO-3 init)
-    job = build_job(cfg, config["model_path"], None if zero3 else ctx.device, dtype,
-                    wrap_reference=(lambda model: inference_engine(model, ds_config)) if zero3 else None)
+    device = None if zero3 else ctx.device  # ZeRO-3 places the partitioned weights itself
+    job = build_job(cfg, config["model_path"], device, dtype)
     engine = DeepSpeedEngine(job.model, cfg, ds_config, cfg.loop.total_steps(config["steps_per_epoch"]))
+    attach_engine(job, cfg, engine.module, device, dtype,
+                  wrap_reference=(lambda model: inference_engine(model, ds_config)) if zero3 else None)
     seed_for_training(cfg, ctx.rank)
 
     collator = job.collator(cfg.data.pad_to_multiple_of)
