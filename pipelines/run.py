@@ -93,7 +93,7 @@ class Manifest:
             self.save()
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.data, indent=2, default=str))
         tmp.replace(self.path)
 
@@ -114,6 +114,34 @@ class Manifest:
             raise
         self.data["stages"][stage].update(status="done", finished=_now(), wall_s=time.time() - started)
         self.save()
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory: a second run into it refuses at once.
+
+    Two runs in one directory used to overwrite each other's manifest and outputs. The lock is an
+    OS file lock (released when the process dies, so a crash never leaves it stale).
+    """
+    import fcntl
+
+    path = run_dir / "run.lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RuntimeError(f"{run_dir} is in use by another run ({holder}); wait for it or use another "
+                               "output_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _now() -> str:
@@ -138,13 +166,19 @@ def _inside(run_dir: Path, path: Path) -> Path:
 
 
 def run_pipeline(cfg: Config) -> dict[str, Any]:
+    """Run (or resume) every stage into ``output_dir``, holding the run directory's lock."""
+    run_dir = Path(cfg.output_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(run_dir):
+        return _run_stages(cfg, run_dir)
+
+
+def _run_stages(cfg: Config, run_dir: Path) -> dict[str, Any]:
     from pipelines.evaluate import evaluate
     from pipelines.ray_runtime import init_ray
     from pipelines.sweep import sweep
     from pipelines.train import run as train
 
-    run_dir = Path(cfg.output_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(run_dir, cfg)
     init_ray(cfg)
     model_path = resolve_model_path(cfg.model, run_dir)  # `tiny` is built at run_dir/base_model

@@ -72,3 +72,26 @@ def test_checkpoint_keeps_each_ranks_rng_state(tmp_path):
         assert torch.equal(torch.rand(4), expected[rank]), rank
     with pytest.raises(FileNotFoundError, match="no RNG state for rank 2"):
         restore_checkpoint(_Ctx(2, tmp_path), engine, directory)
+
+
+def test_a_second_run_into_the_same_directory_refuses(tmp_path):
+    """Two runs in one directory used to overwrite each other's manifest; the second now refuses."""
+    from pipelines.run import run_dir_lock
+
+    with run_dir_lock(tmp_path):
+        with pytest.raises(RuntimeError, match="is in use by another run \\(pid"):
+            with run_dir_lock(tmp_path):
+                pass
+    with run_dir_lock(tmp_path):  # released with the first run
+        pass
+
+
+@pytest.mark.parametrize("target", ["/", "..", "../other", "train/../../escape", "."])
+def test_deletions_stay_inside_the_run_directory(tmp_path, target):
+    from pipelines.run import _inside
+
+    run_dir = (tmp_path / "run").resolve()
+    run_dir.mkdir()
+    with pytest.raises(ValueError, match="not inside the run directory"):
+        _inside(run_dir, run_dir / target)
+    assert _inside(run_dir, run_dir / "train" / "orpo") == run_dir / "train" / "orpo"
