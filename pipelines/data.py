@@ -15,6 +15,7 @@ Each record keeps its source position (file and row) into the rejects and the ba
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import random
 import shutil
@@ -203,19 +204,64 @@ def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, trust_remo
     return out
 
 
+def data_fingerprint(cfg: DataConfig, tokenizer_path: str) -> dict[str, Any]:
+    """What tokenized pairs depend on: the data section, the tokenizer's files and the input files.
+
+    Input files are identified by path, size and modification time (hashing terabytes at every
+    start would cost more than the tokenization it guards); hub sources by name and revision.
+    """
+    def identity(path: Path) -> list[Any]:
+        stat = path.stat()
+        return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+    tokenizer_dir = Path(tokenizer_path)
+    tokenizer = ({p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in sorted(tokenizer_dir.iterdir())
+                  if p.name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges"))}
+                 if tokenizer_dir.is_dir() else tokenizer_path)
+    inputs = {}
+    for source in filter(None, (cfg.source, cfg.eval_source)):
+        if not (is_synthetic(source) or source.startswith(HUB_PREFIX) or _is_uri(source)):
+            inputs[source] = [identity(Path(f)) for f in expand_files(source)]
+    return {"data": json.loads(json.dumps(asdict(cfg), default=str)), "tokenizer": tokenizer, "inputs": inputs}
+
+
+def _changes(recorded: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(recorded) | set(current))
+    out = []
+    for key in keys:
+        a, b = recorded.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
 def preprocess(cfg: DataConfig, pipeline: DataPipelineSettings, tokenizer_path: str, trust_remote_code: bool,
                data_dir: Path) -> dict[str, Any]:
     """Phase 1: tokenize every source into ``<data_dir>/tokenized``; write rejects and stats there.
 
-    A ``data_dir`` that already holds them is reused as is: resumed jobs and sweep trials train
-    on exactly the same pairs in the same order. (Tokenizing again gives the same pairs, but
-    parallel tasks may lay them out in a different order.)
+    A ``data_dir`` that already holds them is reused only if it was made from the same inputs
+    (``data_fingerprint``: data section, tokenizer, input files); otherwise this refuses, naming
+    what changed. Reuse lets resumed jobs and sweep trials train on exactly the same pairs in the
+    same order. The pairs are written under a temporary name and renamed into place, so a crash
+    mid-tokenization leaves nothing that a rerun could mistake for (or append to) a finished copy.
     """
     tokenized = data_dir / "tokenized"
     stats_path = data_dir / "data_stats.json"
+    fingerprint_path = data_dir / "data_fingerprint.json"
+    fingerprint = data_fingerprint(cfg, tokenizer_path)
     if stats_path.exists() and tokenized.exists():
-        return json.loads(stats_path.read_text())
+        recorded = json.loads(fingerprint_path.read_text()) if fingerprint_path.exists() else {}
+        if recorded == fingerprint:
+            return json.loads(stats_path.read_text())
+        changed = _changes(recorded, fingerprint) if recorded else ["(no record of what made them)"]
+        raise ValueError(f"{tokenized} holds pairs tokenized from other inputs: {', '.join(changed)} changed. "
+                         "Use another output_dir (or data_pipeline.data_dir), or delete it to tokenize again")
     data_dir.mkdir(parents=True, exist_ok=True)
+    partial = data_dir / "tokenized.partial"
+    for leftover in (partial, tokenized):  # an interrupted earlier attempt
+        shutil.rmtree(leftover, ignore_errors=True)
     sources = [(cfg.source, cfg.split, cfg.eval_fraction if not cfg.eval_source else 0.0)]
     if cfg.eval_source:
         sources.append((cfg.eval_source, cfg.eval_split, 1.0))
@@ -229,9 +275,11 @@ def preprocess(cfg: DataConfig, pipeline: DataPipelineSettings, tokenizer_path: 
             fn_kwargs=dict(tokenizer_path=tokenizer_path, trust_remote_code=trust_remote_code,
                            spec=asdict(cfg.tokenize_spec()), columns=asdict(cfg.columns),
                            eval_fraction=eval_fraction, seed=cfg.seed),
-        ).write_parquet(str(tokenized / f"part{number}"), partition_cols=["split"],
+        ).write_parquet(str(partial / f"part{number}"), partition_cols=["split"],
                         max_rows_per_file=pipeline.rows_per_file)
+    partial.rename(tokenized)
     stats = summarize(tokenized, data_dir / "rejects.jsonl")
+    fingerprint_path.write_text(json.dumps(fingerprint, indent=2))
     stats_path.write_text(json.dumps(stats, indent=2))
     return stats
 

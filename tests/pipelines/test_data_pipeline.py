@@ -158,3 +158,27 @@ def test_every_row_rejected_or_an_empty_file_is_a_clear_error(tmp_path, tiny_tok
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="no usable training pairs"):
         prepare_data(DataConfig(source=str(tmp_path / "empty.jsonl")), tiny_tokenizer, tmp_path)
+
+
+def test_tokenized_pairs_are_reused_only_for_the_same_inputs(tmp_path, tiny_model_dir, local_ray):
+    """`data_stats.json` + `tokenized/` used to be reused whatever the source, tokenizer or lengths;
+    a crash mid-write left a partial copy that the retry appended to. Now a stale partial copy is
+    discarded, reuse needs the same inputs, and a changed input is refused by name."""
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in make_preference_records(40, seed=6)))
+    cfg = DataConfig(source=str(source), eval_fraction=0.2, max_length=256, max_prompt_length=128)
+    data_dir = tmp_path / "run"
+    (data_dir / "tokenized.partial" / "part0").mkdir(parents=True)  # an interrupted earlier attempt
+    (data_dir / "tokenized.partial" / "part0" / "junk.parquet").write_bytes(b"partial")
+    stats = data_pipeline.preprocess(cfg, DataPipelineSettings(), str(tiny_model_dir), False, data_dir)
+    assert stats["read"] == 40 and not (data_dir / "tokenized.partial").exists()
+    rows = sum(1 for split in ("train", "eval") for _ in data_pipeline.split_dataset(data_dir, split, 0).iter_rows())
+    assert rows == 40  # no second copy next to the first
+    assert data_pipeline.preprocess(cfg, DataPipelineSettings(), str(tiny_model_dir), False, data_dir) == stats
+
+    longer = DataConfig(source=str(source), eval_fraction=0.2, max_length=512, max_prompt_length=128)
+    with pytest.raises(ValueError, match="data.max_length changed"):
+        data_pipeline.preprocess(longer, DataPipelineSettings(), str(tiny_model_dir), False, data_dir)
+    source.write_text(source.read_text() + json.dumps(make_preference_records(1, seed=7)[0]) + "\n")
+    with pytest.raises(ValueError, match="inputs.* changed"):
+        data_pipeline.preprocess(cfg, DataPipelineSettings(), str(tiny_model_dir), False, data_dir)
