@@ -8,6 +8,9 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+# Every Ray these tests start waits this long for its dashboard (state and job APIs) to come up, then goes on
+# without it; the 60 s default is short for a loaded 2-core machine. A budget: the wait ends when it is up.
+os.environ.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "600")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_BENCHMARKS = REPO_ROOT.parent / "shared" / "benchmarks"

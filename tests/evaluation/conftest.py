@@ -54,7 +54,7 @@ def judge_config(tmp_path: Path) -> Callable[..., JudgeConfig]:
             max_retries=6,
             backoff_initial_s=0.001,
             backoff_max_s=0.01,
-            timeout_s=10.0,
+            timeout_s=120.0,  # a budget for a loaded machine; the timeout test sets its own
             cache_path=str(tmp_path / "judge_cache.jsonl"),
             progress=False,
         )

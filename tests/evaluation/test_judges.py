@@ -10,7 +10,9 @@ import select
 import socket
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+import threading
+import time
+from datetime import datetime, timezone
 from email.utils import format_datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from evaluation.alpaca_eval.annotator import render_messages
+from evaluation.fixture_judge import _Handler
 from evaluation.judges import (
     ChatRequest,
     JudgeClient,
@@ -82,8 +85,14 @@ def test_retry_after_header_forms():
 
     assert retry_after_seconds(error({"retry-after": "3"})) == 3.0
     assert retry_after_seconds(error({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
-    in_ten_s = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=10), usegmt=True)
-    assert 8 <= retry_after_seconds(error({"retry-after": in_ten_s})) <= 10
+    # HTTP dates have whole seconds; bound the wait by the clock read on either side of the call,
+    # so a descheduled test process cannot push it out of range.
+    before = time.time()
+    target = math.floor(before) + 10
+    in_ten_s = format_datetime(datetime.fromtimestamp(target, timezone.utc), usegmt=True)
+    wait = retry_after_seconds(error({"retry-after": in_ten_s}))
+    after = time.time()
+    assert target - after <= wait <= target - before
     assert retry_after_seconds(error({})) is None
     assert retry_after_seconds(error({"retry-after": "soon"})) is None
 
@@ -99,11 +108,28 @@ def test_gives_up_after_max_retries_and_does_not_cache_failures(start_judge, jud
     assert len(JudgmentCache(config.cache_path)) == 0  # a rerun will try again
 
 
+class _HeldHandler(_Handler):
+    """Answers only once the test sets `server.release`."""
+
+    def _answer(self, raw, number, config):
+        self.server.release.wait()
+        super()._answer(raw, number, config)
+
+
+class _PairedHandler(_Handler):
+    """Answers only when two requests are in the server at once (a barrier of 2)."""
+
+    def _answer(self, raw, number, config):
+        self.server.pair.wait()
+        super()._answer(raw, number, config)
+
+
 def test_connection_errors_and_timeouts_are_retried(start_judge, judge_config):
     with socket.socket() as probe:  # a port with nothing listening: connection refused
         probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]
-    server = start_judge(latency_s=1.0)
+    server = start_judge()
+    server.RequestHandlerClass, server.release = _HeldHandler, threading.Event()
     sleeps: list[float] = []
     refused = judge_config(server, base_url=f"http://127.0.0.1:{dead_port}/v1", max_retries=2)
     with JudgeClient(refused, sleep=sleeps.append) as client:
@@ -111,9 +137,12 @@ def test_connection_errors_and_timeouts_are_retried(start_judge, judge_config):
     assert "APIConnectionError" in judgment.error and judgment.error.startswith("retries exhausted")
     assert len(sleeps) == 2 and client.usage.http_attempts == 3
 
-    slow = judge_config(server, timeout_s=0.2, max_retries=1)  # the server takes 1 s
-    with JudgeClient(slow, sleep=lambda s: None) as client:
-        [judgment] = client.complete_many(generic_requests(1))
+    slow = judge_config(server, timeout_s=0.2, max_retries=1)  # the server holds every request
+    try:
+        with JudgeClient(slow, sleep=lambda s: None) as client:
+            [judgment] = client.complete_many(generic_requests(1))
+    finally:
+        server.release.set()
     assert "APITimeoutError" in judgment.error and judgment.error.startswith("retries exhausted")
     assert (client.usage.http_attempts, client.usage.retries) == (2, 1)
 
@@ -273,10 +302,14 @@ def test_token_and_cost_accounting_with_cache_hits_apart(start_judge, judge_conf
 
 
 def test_concurrency_limit_and_duplicate_requests(start_judge, judge_config):
-    server = start_judge(latency_s=0.1)
+    """Each request waits in the server for a second one, so the 8 are answered in pairs only if
+    two are in flight at once; a generous barrier timeout turns a lost pair into a failure."""
+    server = start_judge()
+    server.RequestHandlerClass, server.pair = _PairedHandler, threading.Barrier(2, timeout=300)
     requests = generic_requests(8)
     with JudgeClient(judge_config(server, concurrency=2, cache_path=None)) as client:
-        client.complete_many(requests + requests[:2])  # two duplicates: sent once each
+        judgments = client.complete_many(requests + requests[:2])  # two duplicates: sent once each
+    assert all(j.error is None for j in judgments)
     assert server.stats.max_in_flight == 2
     assert server.stats.requests == 8
 
@@ -289,7 +322,7 @@ def test_fixture_judge_cli_serves_until_stopped():
         cwd=repo_root, stdout=subprocess.PIPE, text=True,
     )
     try:
-        ready, _, _ = select.select([process.stdout], [], [], 20)
+        ready, _, _ = select.select([process.stdout], [], [], 300)  # returns once it prints
         assert ready, "the fixture judge did not print its address"
         line = process.stdout.readline()
         assert "FIXTURE JUDGE" in line
@@ -302,4 +335,8 @@ def test_fixture_judge_cli_serves_until_stopped():
         assert client.usage.retries == 1  # request 2 got the injected 429
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

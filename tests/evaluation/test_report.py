@@ -636,7 +636,7 @@ def test_html_renders_in_chromium(tmp_path):
             ],
             check=True,
             capture_output=True,
-            timeout=120,
+            timeout=300,  # a budget for a loaded machine
         )
     assert screenshot.read_bytes().startswith(PNG_MAGIC)
 

@@ -77,6 +77,7 @@ def test_directory_and_glob_sources_and_split_is_stable(tmp_path, tiny_model_dir
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_streams_a_dataset_several_times_larger_than_the_object_store(tmp_path, tiny_model_dir):
     """~300 MB of records through an 80 MB object store: only streaming can finish this."""
     script = textwrap.dedent(f"""
@@ -102,7 +103,9 @@ def test_streams_a_dataset_several_times_larger_than_the_object_store(tmp_path, 
                               Path({str(tmp_path)!r}) / "out")
         print(json.dumps({{"bytes": total, **stats}}))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
+    # A budget, not a speed: ~80 s on a quiet machine, 11 min measured with both cores shared ~10 ways.
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                         timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["bytes"] > 3.5 * 80 * 1024 * 1024

@@ -3,12 +3,11 @@
 import json
 import os
 import signal
-import threading
-import time
 
 import pytest
 import ray
 import torch
+from ray.train.v2.api.callback import UserCallback
 from transformers import AutoModelForCausalLM
 
 from orpo.config import load_config
@@ -71,29 +70,33 @@ def test_zero_stages_match_and_export_reloads(tmp_path, tiny_model_dir, data_dir
     assert generated.shape == (1, 9)
 
 
-def _kill_a_worker_at(out, step, gcs_address):
-    """Kill one Ray Train worker process once metrics.jsonl shows ``step``."""
-    from ray.util.state import list_actors
+class KillAWorkerAt(UserCallback):
+    """On the Ray Train controller: SIGKILL one worker process when ``step`` is reported, once.
 
-    deadline = time.time() + 600
-    metrics = out / "metrics.jsonl"
-    while time.time() < deadline:
-        if metrics.exists() and any(json.loads(x).get("step", 0) >= step for x in metrics.read_text().splitlines()):
-            workers = list_actors(address=gcs_address,
-                                  filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-            os.kill(workers[-1].pid, signal.SIGKILL)
+    A callback rather than a thread polling metrics.jsonl: a report waits until the controller
+    has taken it, and the controller runs this before taking the next one, so the workers are at
+    most a step further on when the kill lands, however fast or slow the machine is. (A polling
+    thread could see step 6 only after step 12 and kill nothing.)
+    """
+
+    def __init__(self, step: int, gcs_address: str):
+        self.step, self.gcs_address, self.killed_pid = step, gcs_address, None
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if self.killed_pid is not None or metrics[0].get("step", 0) < self.step:
             return
-        time.sleep(0.2)
+        from ray.util.state import list_actors
+
+        workers = list_actors(address=self.gcs_address, timeout=300,
+                              filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        self.killed_pid = workers[-1].pid
+        os.kill(self.killed_pid, signal.SIGKILL)
 
 
 def test_killed_worker_resumes_from_checkpoint(tmp_path, tiny_model_dir, data_dir, shared_ray):
     out = tmp_path / "killed"
-    killer = threading.Thread(target=_kill_a_worker_at, args=(out, 6, ray.get_runtime_context().gcs_address),
-                              daemon=True)
-    killer.start()
-    run(_cfg(out, tiny_model_dir, data_dir, "loop.max_steps=12", "loop.save_steps=4",
-             "checkpoint.max_failures=2"))
-    killer.join(timeout=5)
+    run(_cfg(out, tiny_model_dir, data_dir, "loop.max_steps=12", "loop.save_steps=4", "checkpoint.max_failures=2"),
+        callbacks=[KillAWorkerAt(6, ray.get_runtime_context().gcs_address)])
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 12
     # Steps after the last checkpoint before the kill (4 or 8) are reported twice: the restart
