@@ -7,6 +7,8 @@ earlier turns go to ``<benchmark>.turns.jsonl`` so an interrupted run resumes fr
 
 from __future__ import annotations
 
+import hashlib
+
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -56,6 +58,21 @@ class Request:
     sample_index: int
 
 
+def model_identity(model_path: str) -> str:
+    """What identifies the weights that answer: a local checkpoint's config and weight files
+    (content hash of the config, size and modification time of the weights), or the hub name."""
+    path = Path(model_path)
+    if not path.is_dir():
+        return model_path
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.name.endswith((".json", ".safetensors", ".bin")):
+            stat = file.stat()
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes() if file.suffix == ".json" else f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return f"{path.resolve()}@{digest.hexdigest()[:16]}"
+
+
 class BenchmarkRun:
     """The state of one benchmark's outputs in ``output_dir``."""
 
@@ -65,6 +82,7 @@ class BenchmarkRun:
         self.name = name
         self.model_name = model_name
         self.model_path = model_path
+        self.model_identity = model_identity(model_path)
         self.output_path = output_dir / f"{name}.jsonl"
         self.turns_path = output_dir / f"{name}.turns.jsonl"
         self.meta_path = output_dir / f"{name}.meta.json"
@@ -86,20 +104,20 @@ class BenchmarkRun:
             for prompt in self.prompts
             if prompt.key not in done
         }
+        self._check_reusable(done, decodings)
         self._restore_earlier_turns()
-        changed = sum(
-            done[key].get("decoding") != decoding.as_dict()
-            for key, decoding in decodings.items()
-            if key in done
-        )
-        if changed:
-            logger.warning(
-                "%s: %d existing records in %s were generated with other decoding settings; "
-                "they are kept (use another output_dir to regenerate)",
-                name,
-                changed,
-                self.output_path,
-            )
+
+    def _check_reusable(self, done: dict[str, dict[str, Any]], decodings: dict[str, Any]) -> None:
+        """Refuse to mix answers of another model or other decoding settings into this run's."""
+        other_model = sorted({str(done[key].get("model_identity")) for key in done
+                              if done[key].get("model_identity") != self.model_identity})
+        other_decoding = sum(done[key].get("decoding") != decodings[key].as_dict()
+                             for key in done if key in decodings)
+        if other_model or other_decoding:
+            what = (f"by another model ({', '.join(other_model)[:200]}; this run's is {self.model_identity})"
+                    if other_model else f"with other decoding settings ({other_decoding} records)")
+            raise ValueError(f"{self.output_path} holds answers generated {what}; use another output_dir, "
+                             "or delete the file to generate again")
 
     def record_key(self, record: dict[str, Any]) -> str:
         return str(record[ID_FIELDS[self.name]])
@@ -152,6 +170,7 @@ class BenchmarkRun:
             self.model_path,
             pending.decoding,
         )
+        record["model_identity"] = self.model_identity
         append_record(self.output_path, record)
         del self.pending[request.prompt_key]
         self.generated += 1
@@ -182,6 +201,7 @@ class BenchmarkRun:
             turn=turn,
             answers=[answers[turn] for answers in pending.answers],
             decoding=pending.decoding.as_dict(),
+            model_identity=self.model_identity,
         )
 
     def _restore_earlier_turns(self) -> None:
@@ -193,13 +213,8 @@ class BenchmarkRun:
                 continue
             if len(record["answers"]) != len(pending.answers):
                 continue
-            if record["decoding"] != pending.decoding.as_dict():
-                logger.warning(
-                    "%s %s: reusing turn %d generated with decoding %s",
-                    self.name,
-                    pending.prompt.key,
-                    record["turn"],
-                    record["decoding"],
-                )
+            if (record["decoding"] != pending.decoding.as_dict()
+                    or record.get("model_identity") != self.model_identity):
+                continue  # another model's or other settings' turn: answer it again
             for answers, answer in zip(pending.answers, record["answers"]):
                 answers.append(answer)
