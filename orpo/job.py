@@ -14,6 +14,7 @@ Reference modes of DPO (``loss.needs_reference_model``):
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -159,3 +160,35 @@ def export_trained(cfg: TrainSections, job: TrainingJob, out_dir: str | Path,
         raise RuntimeError(f"the gathered LoRA state does not match the model: missing {sorted(missing)[:5]}, "
                            f"unexpected {sorted(unexpected)[:5]}")
     return export_model(rebuilt, job.tokenizer, out_dir, save)
+
+
+# The sections that decide what a training run computes; the rest (trackers, Ray address, retries,
+# later stages) may change between attempts of the same run.
+RUN_DEFINING_KEYS = ("name", "launcher", "model", "data", "loss", "optim", "loop", "scaling", "deepspeed")
+
+
+def claim_output_dir(config: dict[str, Any], output_dir: Path) -> None:
+    """Record what this run computes in ``output_dir/run_config.json``; refuse a different one.
+
+    A rerun into the same directory continues the same run (Ray Train restores its latest
+    checkpoint by name and storage path). A rerun with other settings would silently resume, or
+    append to, the old run's checkpoints and metrics, so it is refused, naming what changed.
+    """
+    defining = {key: config[key] for key in RUN_DEFINING_KEYS if key in config}
+    defining["checkpoint.resume_from"] = config.get("checkpoint", {}).get("resume_from")
+    path = Path(output_dir) / "run_config.json"
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded != defining:
+            changed = _changed_keys(recorded, defining)
+            raise ValueError(f"{output_dir} holds a run with other settings ({', '.join(changed)} changed); "
+                             "use another output_dir, or delete it to start over")
+        return
+    path.write_text(json.dumps(defining, indent=2, sort_keys=True))
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new))
+                for k in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]

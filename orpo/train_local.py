@@ -20,7 +20,8 @@ from orpo.config import to_dict
 from orpo.context import LocalContext, resolve_device
 from orpo.data import TokenizedBatch, assign_split, tokenize_records
 from orpo.engine import TorchEngine
-from orpo.job import attach_engine, build_job, export_trained, reference_logps, reference_scorer, seed_for_training
+from orpo.job import (attach_engine, build_job, claim_output_dir, export_trained, reference_logps,
+                      reference_scorer, seed_for_training)
 from orpo.modeling import resolve_model_path
 from orpo.sources import load_labeled_records
 from orpo.trainer import LoopInputs, train
@@ -83,6 +84,7 @@ def run(cfg: Any, echo: bool = True) -> LocalContext:
     """The whole single-process job (``cfg`` is the config root); returns its context."""
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(to_dict(cfg), output_dir)
     (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     device = resolve_device(cfg.loop.device)
     restore = Path(cfg.checkpoint.resume_from) if cfg.checkpoint.resume_from else None

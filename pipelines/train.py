@@ -33,7 +33,7 @@ from ray.train.v2.api.callback import UserCallback
 
 from orpo.config import from_dict, load_config, to_dict
 from orpo.context import format_metrics
-from orpo.job import TrainingJob, attach_engine, build_job, export_trained, seed_for_training
+from orpo.job import TrainingJob, attach_engine, build_job, claim_output_dir, export_trained, seed_for_training
 from orpo.modeling import load_tokenizer, resolve_model_path
 from orpo.trainer import LoopInputs, train
 from pipelines import data as data_pipeline
@@ -175,6 +175,7 @@ def run(cfg: Config, callbacks: list[UserCallback] | tuple = ()) -> dict[str, An
     started = time.time()
     output_dir = Path(cfg.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(to_dict(cfg), output_dir)  # a rerun with other settings must not resume this one
     (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     repair_jsonl(output_dir / "metrics.jsonl")  # a driver killed mid-write leaves a torn last line
     init_ray(cfg)

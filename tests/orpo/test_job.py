@@ -95,3 +95,18 @@ def test_deletions_stay_inside_the_run_directory(tmp_path, target):
     with pytest.raises(ValueError, match="not inside the run directory"):
         _inside(run_dir, run_dir / target)
     assert _inside(run_dir, run_dir / "train" / "orpo") == run_dir / "train" / "orpo"
+
+
+def test_a_rerun_with_other_settings_into_the_same_directory_refuses(tmp_path):
+    """Ray Train restores a run's checkpoints by name and storage path: a rerun with new
+    hyperparameters into the same directory used to resume the old run silently."""
+    from orpo.config import to_dict
+    from orpo.job import claim_output_dir
+
+    cfg = Config()
+    claim_output_dir(to_dict(cfg), tmp_path)
+    claim_output_dir(to_dict(replace_values(cfg, {"checkpoint.max_failures": 5})), tmp_path)  # same run
+    with pytest.raises(ValueError, match=r"other settings \(loss.lam, optim.lr changed\)"):
+        claim_output_dir(to_dict(replace_values(cfg, {"loss.lam": 0.5, "optim.lr": 1e-4})), tmp_path)
+    with pytest.raises(ValueError, match="checkpoint.resume_from changed"):
+        claim_output_dir(to_dict(replace_values(cfg, {"checkpoint.resume_from": "x"})), tmp_path)
