@@ -122,12 +122,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(config["model_path"], cfg.model)
     dtype = torch.bfloat16 if use_bf16(cfg) else torch.float32
     model = prepare_for_training(load_model(config["model_path"], cfg.model, None, dtype), cfg.model)
-    chunked = use_chunked(model, cfg.train.logits_mode)
+    engine = DeepSpeedEngine(model, cfg, ds_config, total_steps(cfg, config["steps_per_epoch"]))
+    chunked = use_chunked(engine.module, cfg.train.logits_mode)  # a tiny forward: needs the engine under ZeRO-3
     reference = None
     if cfg.loss.type.needs_reference_model:
         ref_path = cfg.loss.reference_model or config["model_path"]
         reference = ModelReference(load_model(ref_path, cfg.model, ctx.device, dtype), chunked=chunked)
-    engine = DeepSpeedEngine(model, cfg, ds_config, total_steps(cfg, config["steps_per_epoch"]))
 
     collator = PreferenceCollator(tokenizer.pad_token_id, cfg.data.pad_to_multiple_of)
     micro = cfg.train.micro_batch_size
