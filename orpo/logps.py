@@ -9,7 +9,9 @@ Two paths give identical values and gradients:
 - direct: the model's ``[2B, T, V]`` logits, log-softmaxed in fp32;
 - chunked: the decoder's hidden states are projected through the LM head a chunk of tokens at
   a time under activation checkpointing, so fp32 ``[2B, T, V]`` logits never exist, neither in
-  the forward nor as saved activations. Only non-padding tokens are projected.
+  the forward nor as saved activations. Only non-padding tokens are projected. The hidden
+  states come from the model's own forward (``logits_to_keep=1``), never from its submodules,
+  so a DeepSpeed engine passed as the model runs its per-micro-batch bookkeeping.
 """
 
 from __future__ import annotations
