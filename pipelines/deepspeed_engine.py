@@ -95,9 +95,21 @@ class DeepSpeedEngine:
             self.ds.step()  # only advances DeepSpeed's micro-step count
 
     def step(self) -> float:
+        pre_clip_norm = self._replicated_grad_norm() if self.zero_stage == 0 else None
         self.ds.step()  # at the accumulation boundary: clip, update, schedule, zero grads
+        if pre_clip_norm is not None:
+            return pre_clip_norm
         norm = self.ds.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
+
+    def _replicated_grad_norm(self) -> float:
+        """ZeRO-0's pre-clip grad norm (DeepSpeed records none at stage 0).
+
+        At the accumulation boundary the backward has already all-reduced the gradients, so every
+        rank holds the full averaged gradient: its norm is the global one, as ``TorchEngine``'s.
+        """
+        grads = [p.grad for p in self.ds.module.parameters() if p.requires_grad and p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])

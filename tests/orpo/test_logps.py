@@ -5,16 +5,9 @@ import torch
 from transformers import LlamaForCausalLM
 
 from orpo.collate import PreferenceCollator
-from orpo.logps import (
-    IGNORE_INDEX,
-    LogitsMode,
-    NllSpan,
-    concatenated_forward,
-    response_logps,
-    token_logps_chunked,
-    token_logps_from_logits,
-    use_chunked,
-)
+from orpo.logps import (IGNORE_INDEX, LogitsMode, NllSpan, concatenated_forward, lm_head_reproduces_logits,
+                        response_logps,
+                        token_logps_chunked, token_logps_from_logits, use_chunked)
 from orpo.tiny import tiny_llama_config
 
 
@@ -125,3 +118,59 @@ def test_chunked_refuses_soft_capped_models(model):
         assert not use_chunked(model, LogitsMode.AUTO)
     finally:
         model.config.final_logit_softcapping = None
+
+
+def test_chunked_path_runs_the_models_own_forward_and_one_lm_head_call(tiny_tokenizer):
+    """DeepSpeed's engine forward must run once per micro-batch (it resets ZeRO-3's backward
+    bookkeeping), and the LM head must be called the same number of times whatever the token count
+    (under ZeRO-3 each call is an all-gather, so ranks with different token counts must agree)."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=32000, hidden_size=32, num_layers=1, num_heads=2))
+    calls = {"model": 0, "lm_head": 0}
+    model.register_forward_pre_hook(lambda *_: calls.__setitem__("model", calls["model"] + 1))
+    model.lm_head.register_forward_pre_hook(lambda *_: calls.__setitem__("lm_head", calls["lm_head"] + 1))
+    for n_pairs in (1, 4):
+        calls.update(model=0, lm_head=0)
+        batch = _pairs_batch(tiny_tokenizer, n_pairs=n_pairs)
+        out = concatenated_forward(model, batch, chunked=True, chunk_size=3)
+        assert calls == {"model": 1, "lm_head": 2}  # the model's own (1 position) and the chunked one
+        out.chosen.sum.sum().backward()
+    assert "forward" not in model.lm_head.__dict__  # the chunked forward was only lent
+
+
+def _granite(**overrides):
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    torch.manual_seed(0)
+    return GraniteForCausalLM(GraniteConfig(vocab_size=16384, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=2, **overrides))
+
+
+def _falcon_h1(**overrides):
+    from transformers import FalconH1Config, FalconH1ForCausalLM
+
+    torch.manual_seed(0)
+    return FalconH1ForCausalLM(FalconH1Config(
+        vocab_size=16384, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=16, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8, mamba_d_state=8,
+        mamba_n_groups=1, mamba_chunk_size=16, **overrides))
+
+
+@pytest.mark.parametrize("build, field, value", [(_granite, "logits_scaling", 8.0),
+                                                  (_falcon_h1, "lm_head_multiplier", 0.0390625)])
+def test_auto_mode_keeps_logit_scaling_models_direct(build, field, value):
+    """Granite divides the logits by ``logits_scaling``; Falcon-H1 multiplies them by
+    ``lm_head_multiplier``: the chunked path (plain ``lm_head(hidden)``) would be wrong."""
+    model = build(**{field: value})
+    assert not use_chunked(model, LogitsMode.AUTO)
+    with pytest.raises(ValueError, match=field):
+        use_chunked(model, LogitsMode.CHUNKED)
+    # The numeric check alone catches it too, whatever the field is called.
+    assert not lm_head_reproduces_logits(model)
+    # With the scale at 1 the head is plain again: chunked is chosen and equals direct.
+    plain = build(**{field: 1.0})
+    assert lm_head_reproduces_logits(plain) and use_chunked(plain, LogitsMode.AUTO)
+    ids = torch.tensor([[1, 50, 700, 9000, 3, 12, 16000]])
+    mask = torch.ones_like(ids)
+    direct = token_logps_from_logits(plain(input_ids=ids, attention_mask=mask).logits, ids)
+    torch.testing.assert_close(token_logps_chunked(plain, ids, mask, chunk_size=4), direct, rtol=1e-5, atol=1e-5)
