@@ -122,12 +122,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if zero3:
         from transformers.integrations import HfDeepSpeedConfig
 
-        hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841  (must live while models load: ZeRO-3 init)
+        hf_ds_config = HfDeepSpeedConfig(ds_config)  # must live while models load: ZeRO-3 init
     device = None if zero3 else ctx.device  # ZeRO-3 places the partitioned weights itself
     job = build_job(cfg, config["model_path"], device, dtype)
     engine = DeepSpeedEngine(job.model, cfg, ds_config, cfg.loop.total_steps(config["steps_per_epoch"]))
     attach_engine(job, cfg, engine.module, device, dtype,
                   wrap_reference=(lambda model: inference_engine(model, ds_config)) if zero3 else None)
+    if hf_ds_config is not None:  # models are loaded: later loads (the LoRA export's rebuild) stay whole
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        del hf_ds_config
+        unset_hf_deepspeed_config()
     seed_for_training(cfg, ctx.rank)
 
     collator = job.collator(cfg.data.pad_to_multiple_of)

@@ -62,11 +62,19 @@ class Cell:
     lora: bool = False
     loss_type: str = "orpo"
     world_size: int = 1
+    reference: str = "loaded"
+    """DPO only: the reference model kept ``loaded``, or its log-probs ``precomputed``."""
+    export: str | None = None
+    """Also export the trained model (``full``, ``merged`` or ``adapter``), reload it and compare its
+    logits with the in-training model's."""
 
     @property
     def name(self) -> str:
-        return (f"zero{self.zero_stage}-acc{self.accumulation}-{'chunked' if self.chunked else 'direct'}-"
+        name = (f"zero{self.zero_stage}-acc{self.accumulation}-{'chunked' if self.chunked else 'direct'}-"
                 f"{'lora' if self.lora else 'full'}-{self.loss_type}-ws{self.world_size}")
+        if self.loss_type == "dpo":
+            name += f"-ref-{self.reference}"
+        return name + (f"-export-{self.export}" if self.export else "")
 
     @property
     def global_pairs(self) -> int:
@@ -83,6 +91,10 @@ class Cell:
         return Cell(zero_stage=-1, accumulation=self.accumulation * self.world_size, chunked=False,
                     lora=self.lora, loss_type=self.loss_type, world_size=1)
 
+    @property
+    def lora_save(self) -> str:
+        return "adapter" if self.export == "adapter" else "merged"
+
 
 @dataclass
 class RunResult:
@@ -91,6 +103,7 @@ class RunResult:
     params: dict[str, torch.Tensor]
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
+    export_logits_max_abs: float | None = None
 
 
 class MatrixContext:
@@ -100,6 +113,7 @@ class MatrixContext:
         self.rank, self.world_size = rank, world_size
         self.device = torch.device("cpu")
         self.checkpoint_dir = checkpoint_dir
+        self.restore_dir = None
         self.history: list[dict[str, float]] = []
 
     def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:
@@ -120,6 +134,7 @@ def train_config(cell: Cell):
         "optim.lr": LR, "optim.schedule": "constant", "optim.warmup_steps": 0, "optim.max_grad_norm": 1.0,
         "optim.adam_eps": ADAM_EPS, "loss.type": cell.loss_type,
         "model.lora.enabled": cell.lora, "model.lora.r": 4, "model.lora.alpha": 8, "model.lora.dropout": 0.0,
+        "model.lora.save": cell.lora_save, "loss.precompute_reference": cell.reference == "precomputed",
         "scaling.num_workers": cell.world_size, "deepspeed.zero_stage": max(cell.zero_stage, 0),
         "deepspeed.torch_adam": True, "deepspeed.bf16": "off",
     })
@@ -172,13 +187,34 @@ def micro_batches(cell: Cell) -> list[list[dict[str, torch.Tensor]]]:
     return steps
 
 
-def loop_inputs(cell: Cell, rank: int):
-    """This rank's micro-batches (every ``world_size``-th one of each global batch)."""
+def loop_inputs(cell: Cell, rank: int, reference=None, precompute_with=None):
+    """This rank's micro-batches (every ``world_size``-th one of each global batch).
+
+    DPO: ``reference`` gives live reference log-probs; ``precompute_with`` (a reference scorer)
+    writes them into the batches once, before training, as ``loss.precompute_reference`` does.
+    """
     from orpo.trainer import LoopInputs
 
     steps = micro_batches(cell)
     mine = [batch for step in steps for i, batch in enumerate(step) if i % cell.world_size == rank]
-    return LoopInputs(train_batches=lambda epoch: iter(mine), steps_per_epoch=STEPS, chunked=cell.chunked)
+    if precompute_with is not None:
+        with torch.no_grad():
+            for batch in mine:
+                batch["ref_chosen_logps"], batch["ref_rejected_logps"] = precompute_with(batch)
+    return LoopInputs(train_batches=lambda epoch: iter(mine), steps_per_epoch=STEPS, reference=reference,
+                      chunked=cell.chunked)
+
+
+def dpo_reference(cell: Cell, cfg, policy: torch.nn.Module, model_dir: Path, wrap=None):
+    """The job set-up's own DPO reference for ``cell``: (live reference, precompute scorer)."""
+    from orpo.job import live_reference, reference_scorer
+
+    if cell.loss_type != "dpo":
+        return None, None
+    if cell.reference == "precomputed":
+        return None, reference_scorer(cfg, str(model_dir), torch.device("cpu"), torch.float32)
+    return live_reference(cfg, policy, str(model_dir), None if wrap else torch.device("cpu"), torch.float32,
+                          cell.chunked, wrap), None
 
 
 def _result(ctx: MatrixContext, params: dict[str, torch.Tensor]) -> RunResult:
@@ -198,7 +234,8 @@ def run_reference(cell: Cell, model_dir: Path, workdir: Path) -> RunResult:
     model = load_model(model_dir, cfg)
     engine = TorchEngine(model, cfg.optim, STEPS)
     ctx = MatrixContext(0, 1, workdir / "reference-checkpoints")
-    train(cfg, ctx, engine, loop_inputs(ref, 0))
+    reference, _ = dpo_reference(ref, cfg, model, model_dir)  # always live: the plain reference
+    train(cfg, ctx, engine, loop_inputs(ref, 0, reference))
     params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     return _result(ctx, params)
 
@@ -226,15 +263,66 @@ def run_deepspeed(cell: Cell, model_dir: Path, rank: int, workdir: Path) -> RunR
     engine = DeepSpeedEngine(model, cfg, ds_config, STEPS)
     if cell.chunked:  # as pipelines.train resolves it: a tiny forward through the engine (every rank)
         assert use_chunked(engine.module, LogitsMode.AUTO)  # vocabulary 32k: auto picks chunked
+    live_zero3_reference = cell.zero_stage == 3 and cell.loss_type == "dpo" and cell.reference == "loaded"
+    wrap = None
+    if live_zero3_reference:  # as pipelines.train: loaded partitioned, wrapped in an inference engine
+        from transformers.integrations import HfDeepSpeedConfig
+
+        from pipelines.deepspeed_engine import inference_engine
+
+        hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841
+        wrap = lambda m: inference_engine(m, ds_config)  # noqa: E731
+    reference, scorer = dpo_reference(cell, cfg, model, model_dir, wrap)
+    if live_zero3_reference:
+        del hf_ds_config
+        unset_hf_deepspeed_config()
     ctx = MatrixContext(rank, cell.world_size, workdir / f"{cell.name}-rank{rank}")
-    train(cfg, ctx, engine, loop_inputs(cell, rank))
+    train(cfg, ctx, engine, loop_inputs(cell, rank, reference, scorer))
     trainable = [(n, p) for n, p in engine.ds.module.named_parameters() if p.requires_grad]
     with deepspeed.zero.GatheredParameters([p for _, p in trainable], enabled=cell.zero_stage == 3):
         params = {n: p.detach().clone() for n, p in trainable}
+    result = _result(ctx, params)
+    if cell.export:
+        result.export_logits_max_abs = export_round_trip(cell, cfg, engine, model, model_dir, workdir, rank)
     engine.ds.destroy()
-    del engine, model
+    del engine, model, reference, scorer
     gc.collect()
-    return _result(ctx, params)
+    return result
+
+
+class _Tokenizer:
+    """The export's tokenizer stand-in: the harness model has no tokenizer files to save."""
+
+    def save_pretrained(self, directory) -> None:
+        pass
+
+
+def export_round_trip(cell: Cell, cfg, engine, model, model_dir: Path, workdir: Path, rank: int) -> float:
+    """Export through the job set-up (gathered state dict, LoRA merged or adapter), reload it as a
+    user would, and return the largest |logit| difference to the in-training model on a probe."""
+    from transformers import AutoModelForCausalLM
+
+    from orpo.job import TrainingJob, export_trained
+
+    probe = micro_batches(cell)[0][0]
+    engine.module.eval()
+    with torch.no_grad():  # every rank: a collective under ZeRO-3
+        trained = engine.module(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
+    state_dict = engine.full_state_dict()  # a collective under ZeRO-3
+    if rank != 0:
+        return 0.0
+    out = workdir / f"{cell.name}-export"
+    export_trained(cfg, TrainingJob(str(model_dir), _Tokenizer(), model), out, state_dict)
+    if cell.export == "adapter":
+        from peft import AutoPeftModelForCausalLM
+
+        reloaded = AutoPeftModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    else:
+        reloaded, info = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+    with torch.no_grad():
+        logits = reloaded.eval()(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
+    return float((logits - trained).abs().max())
 
 
 def compare(result: RunResult, reference: RunResult, initial: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -254,7 +342,8 @@ def compare(result: RunResult, reference: RunResult, initial: dict[str, torch.Te
     return {"param_max_abs": diffs[worst], "worst_param": worst, "update_max_abs": update,
             "loss_max_rel": rel(result.losses, reference.losses),
             "grad_norm_max_rel": rel(result.grad_norms, reference.grad_norms),
-            "grad_norms": result.grad_norms, "reference_grad_norms": reference.grad_norms}
+            "grad_norms": result.grad_norms, "reference_grad_norms": reference.grad_norms,
+            "export_logits_max_abs": result.export_logits_max_abs}
 
 
 # --- processes --------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ Tolerances, fp32 throughout:
 - grad norm: relative 2e-4. TorchEngine's fp32 ``clip_grad_norm_`` is itself ~5e-5 off the
   float64 norm of the same gradients for this 2M-element embedding (measured: 2.370449 vs
   2.370543); DeepSpeed's ZeRO 1-3 norm agrees with the float64 one.
+- export round trips: the reloaded checkpoint's logits equal the in-training model's to 1e-5
+  absolute (merging LoRA rounds W0 + B·A once in fp32, ~1e-7 relative; a wrong or missing tensor
+  changes logits by ~1e-1).
 """
 
 import math
@@ -36,6 +39,16 @@ CELLS += [Cell(2, 2, True, False, "simpo"), Cell(3, 2, True, True, "simpo"),
 CELLS += [Cell(zero, 2, True, False, world_size=2) for zero in (0, 1, 2, 3)]
 CELLS += [Cell(3, 1, False, False, world_size=2), Cell(0, 2, False, True, world_size=2),
           Cell(3, 2, True, True, world_size=2)]
+# DPO with the reference loaded (a frozen copy; under ZeRO-3 partitioned in an inference engine;
+# with LoRA the policy with adapters off) or its log-probs precomputed before training.
+CELLS += [Cell(0, 2, False, False, "dpo"), Cell(3, 2, True, False, "dpo"), Cell(2, 2, True, True, "dpo"),
+          Cell(3, 2, True, True, "dpo"), Cell(3, 2, True, False, "dpo", reference="precomputed"),
+          Cell(2, 1, False, True, "dpo", reference="precomputed"), Cell(3, 2, True, False, "dpo", world_size=2)]
+# Export round trips: the reloaded model's logits equal the in-training model's.
+CELLS += [Cell(3, 1, True, False, export="full"), Cell(2, 1, True, True, export="merged"),
+          Cell(3, 1, True, True, export="merged"), Cell(2, 1, False, True, export="adapter"),
+          Cell(3, 2, True, True, world_size=2, export="merged")]
+EXPORT_LOGITS_ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +68,6 @@ def test_cell_equals_single_process_reference(matrix, cell):
     assert all(math.isfinite(g) for g in r["grad_norms"]), f"{cell.name}: grad norms {r['grad_norms']}"
     assert r["grad_norm_max_rel"] <= GRAD_NORM_RTOL, (
         f"{cell.name}: grad norms {r['grad_norms']} vs reference {r['reference_grad_norms']}")
+    if cell.export:
+        assert r["export_logits_max_abs"] <= EXPORT_LOGITS_ATOL, (
+            f"{cell.name}: reloaded export's logits differ by {r['export_logits_max_abs']:.3e}")

@@ -36,14 +36,15 @@ def _train_losses(out):
     return [r["loss"] for r in rows if "loss" in r]
 
 
-def test_lora_under_ray_exports_the_trained_model(tmp_path, tiny_model_dir, shared_ray):
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_lora_under_ray_exports_the_trained_model(tmp_path, tiny_model_dir, shared_ray, zero_stage):
     """Ray used to save the PEFT wrapper's keys under the base model: on reload every tensor was
     missing and freshly initialised. Now the merged export loads with no missing key; the weights
     LoRA does not touch are the base's exactly, and each adapted weight moved by a delta of rank <= r
     (merged W = W0 + B·A·α/r), which is what a merge, and only a merge, produces."""
     out = tmp_path / "lora"
     run(_cfg(out, tiny_model_dir, "model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8",
-             "model.lora.dropout=0.0", "loop.max_steps=3", "optim.lr=1e-2"))
+             "model.lora.dropout=0.0", "loop.max_steps=3", "optim.lr=1e-2", f"deepspeed.zero_stage={zero_stage}"))
     merged, info = AutoModelForCausalLM.from_pretrained(out / "export", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     base = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())
