@@ -54,6 +54,10 @@ class ScalingSettings:
     """How workers spread over nodes (``SPREAD`` puts them on different nodes)."""
     accelerator_type: str | None = None
     """Ray accelerator type to schedule on (e.g. ``H100``)."""
+    check_placement: bool = True
+    """Before training, fail fast when the cluster as it is can place the workers but leaves no CPU
+    for Ray Data's read tasks (the job would wait forever). Turn off on autoscaling clusters, which
+    add nodes for the pending tasks."""
 
     def __post_init__(self) -> None:
         require(self.num_workers > 0, "scaling.num_workers", "must be > 0", self.num_workers)

@@ -166,6 +166,32 @@ def export(cfg: Config, ctx: RayTrainContext, engine: DeepSpeedEngine, job: Trai
     shutil.rmtree(directory, ignore_errors=True)
 
 
+# Ray Data's streaming read tasks take one CPU each; with none left beside the workers they never run.
+DATA_TASK_CPUS = 1.0
+
+
+def check_placement(cfg: Config, cluster: dict[str, float]) -> None:
+    """Refuse a job whose workers would take every CPU the cluster has, starving Ray Data.
+
+    Ray Train places the workers first; Ray Data then gets what is left, and with nothing left its
+    read tasks wait forever, with no error ("The job may hang forever"). ``cluster`` is
+    ``ray.cluster_resources()``.
+    """
+    if not cfg.scaling.check_placement:
+        return
+    workers = cfg.scaling.num_workers
+    per_worker = cfg.scaling.resources_per_worker.get("CPU", 1.0)
+    needed, total = workers * per_worker, float(cluster.get("CPU", 0.0))
+    if needed <= total < needed + DATA_TASK_CPUS:
+        raise RuntimeError(
+            f"the cluster has {total:g} CPUs and the {workers} training workers take {needed:g} "
+            f"({workers} × scaling.resources_per_worker.CPU={per_worker:g}), leaving {total - needed:g} for Ray "
+            f"Data's read tasks, which need {DATA_TASK_CPUS:g}: the job would wait forever. Lower "
+            "scaling.resources_per_worker.CPU (e.g. 0.5) or scaling.num_workers, give Ray more CPUs "
+            "(ray.num_cpus for an embedded Ray), or set scaling.check_placement=false on an autoscaling "
+            "cluster")
+
+
 def _ordered_execution() -> ray.data.ExecutionOptions:
     options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = True
@@ -184,6 +210,7 @@ def run(cfg: Config, callbacks: list[UserCallback] | tuple = ()) -> dict[str, An
     (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     repair_jsonl(output_dir / "metrics.jsonl")  # a driver killed mid-write leaves a torn last line
     init_ray(cfg)
+    check_placement(cfg, ray.cluster_resources())
     model_path = resolve_model_path(cfg.model, output_dir)
     load_tokenizer(model_path, cfg.model)  # fail early, before any worker starts
     data_dir = Path(cfg.data_pipeline.data_dir).resolve() if cfg.data_pipeline.data_dir else output_dir

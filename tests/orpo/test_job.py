@@ -110,3 +110,18 @@ def test_a_rerun_with_other_settings_into_the_same_directory_refuses(tmp_path):
         claim_output_dir(to_dict(replace_values(cfg, {"loss.lam": 0.5, "optim.lr": 1e-4})), tmp_path)
     with pytest.raises(ValueError, match="checkpoint.resume_from changed"):
         claim_output_dir(to_dict(replace_values(cfg, {"checkpoint.resume_from": "x"})), tmp_path)
+
+
+def test_a_job_that_would_starve_ray_data_fails_fast_naming_the_numbers():
+    """`ray job submit` of configs/tiny_cpu.yaml to a head with 2 CPUs used to hang forever: the two
+    workers took both CPUs and Ray Data's read tasks waited behind them with no error."""
+    from orpo.config import load_config
+    from pipelines.train import check_placement
+
+    cfg = load_config(Config, "configs/tiny_cpu.yaml")
+    with pytest.raises(RuntimeError, match=r"has 2 CPUs and the 2 training workers take 2 .* need 1"):
+        check_placement(cfg, {"CPU": 2.0})
+    check_placement(cfg, {"CPU": 4.0})  # the embedded default: room for the data tasks
+    check_placement(cfg, {"CPU": 1.0})  # workers do not fit yet: an autoscaler adds nodes, Ray Train waits
+    check_placement(replace_values(cfg, {"scaling.resources_per_worker": {"CPU": 0.5}}), {"CPU": 2.0})
+    check_placement(replace_values(cfg, {"scaling.check_placement": False}), {"CPU": 2.0})
