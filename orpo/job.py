@@ -167,14 +167,14 @@ def export_trained(cfg: TrainSections, job: TrainingJob, out_dir: str | Path,
 RUN_DEFINING_KEYS = ("name", "launcher", "model", "data", "loss", "optim", "loop", "scaling", "deepspeed")
 
 
-def claim_output_dir(config: dict[str, Any], output_dir: Path) -> None:
+def claim_output_dir(config: dict[str, Any], output_dir: Path, extra_keys: tuple[str, ...] = ()) -> None:
     """Record what this run computes in ``output_dir/run_config.json``; refuse a different one.
 
     A rerun into the same directory continues the same run (Ray Train restores its latest
     checkpoint by name and storage path). A rerun with other settings would silently resume, or
     append to, the old run's checkpoints and metrics, so it is refused, naming what changed.
     """
-    defining = {key: config[key] for key in RUN_DEFINING_KEYS if key in config}
+    defining = {key: config[key] for key in (*RUN_DEFINING_KEYS, *extra_keys) if key in config}
     defining["checkpoint.resume_from"] = config.get("checkpoint", {}).get("resume_from")
     path = Path(output_dir) / "run_config.json"
     if path.exists():

@@ -27,6 +27,7 @@ import ray
 from ray import tune
 
 from orpo.config import from_dict, load_config, replace_values, to_dict
+from orpo.job import claim_output_dir
 from orpo.modeling import load_tokenizer, resolve_model_path
 from pipelines import data as data_pipeline
 from pipelines.config import OBJECTIVE_MODES, Config
@@ -116,6 +117,8 @@ def sweep(cfg: Config) -> dict[str, Any]:
                                      benchmark=benchmark)
     trainable = tune.with_resources(trainable, {"CPU": 0.01})
     storage = output_dir / "tune"
+    # Tuner.restore keeps the search space it was started with: a changed sweep must not resume it.
+    claim_output_dir(to_dict(cfg), output_dir, extra_keys=("sweep",))
     if tune.Tuner.can_restore(str(storage / "sweep")):
         tuner = tune.Tuner.restore(str(storage / "sweep"), trainable, resume_errored=True)
     else:

@@ -125,3 +125,16 @@ def test_a_job_that_would_starve_ray_data_fails_fast_naming_the_numbers():
     check_placement(cfg, {"CPU": 1.0})  # workers do not fit yet: an autoscaler adds nodes, Ray Train waits
     check_placement(replace_values(cfg, {"scaling.resources_per_worker": {"CPU": 0.5}}), {"CPU": 2.0})
     check_placement(replace_values(cfg, {"scaling.check_placement": False}), {"CPU": 2.0})
+
+
+def test_a_changed_sweep_does_not_resume_the_old_one(tmp_path):
+    """`Tuner.restore` keeps the search space it started with; a sweep dir claimed by one search
+    refuses another."""
+    from orpo.config import to_dict
+    from orpo.job import claim_output_dir
+
+    cfg = Config()
+    claim_output_dir(to_dict(cfg), tmp_path, extra_keys=("sweep",))
+    changed = replace_values(cfg, {"sweep.space": {"loss.lam": {"grid": [0.5, 1.0]}}})
+    with pytest.raises(ValueError, match="sweep.space.loss.lam.grid changed"):
+        claim_output_dir(to_dict(changed), tmp_path, extra_keys=("sweep",))
