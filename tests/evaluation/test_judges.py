@@ -67,14 +67,16 @@ def test_retries_on_429_and_500_then_succeeds(start_judge, judge_config):
     assert counts == (22, 10, 12, 0)
 
 
-def test_backoff_is_exponential_with_jitter_and_capped():
+def test_backoff_is_exponential_with_full_jitter_and_capped():
+    """Full jitter: retry k waits uniform in [0, min(60, 2**k)]; 50 draws of U(0, c) have a
+    range under c / 2 with probability about 50 * 0.5**49, never in practice."""
     config = JudgeConfig(backoff_initial_s=1.0, backoff_max_s=60.0)
     rng = random.Random(0)
-    for attempt, (low, high) in enumerate([(0.5, 1), (1, 2), (2, 4), (4, 8)]):
+    for attempt, high in enumerate([1, 2, 4, 8]):
         delays = [backoff_delay(attempt, None, config, rng) for _ in range(50)]
-        assert all(low <= d <= high for d in delays)
-        assert max(delays) - min(delays) > 0.1 * low  # jittered, not constant
-    assert 30 <= backoff_delay(10, None, config, rng) <= 60  # 1024 s capped at 60
+        assert all(0 <= d <= high for d in delays)
+        assert max(delays) - min(delays) > high / 2  # spread over the whole window
+    assert all(0 <= backoff_delay(10, None, config, rng) <= 60 for _ in range(20))  # 1024 s capped
     assert backoff_delay(0, 100.0, config, rng) == 60.0  # Retry-After capped too
     assert backoff_delay(3, 0.25, config, rng) == 0.25
 
@@ -183,17 +185,19 @@ def test_rerun_is_served_from_cache_with_zero_requests(start_judge, judge_config
 
 def test_cache_key_covers_model_template_inputs_and_decoding():
     request = generic_requests(1)[0]
-    base = cache_key("judge-a", request)
+    url = "https://api.openai.com/v1"
+    base = cache_key("judge-a", request, url)
     variants = [
-        cache_key("judge-b", request),
-        cache_key("judge-a", ChatRequest(request.messages, "test@1")),
-        cache_key("judge-a", ChatRequest((("user", "other"),), "test@0")),
-        cache_key("judge-a", ChatRequest(request.messages, "test@0", temperature=1.0)),
-        cache_key("judge-a", ChatRequest(request.messages, "test@0", max_tokens=1)),
-        cache_key("judge-a", ChatRequest(request.messages, "test@0", top_logprobs=5)),
+        cache_key("judge-b", request, url),
+        cache_key("judge-a", request, "http://127.0.0.1:8000/v1"),
+        cache_key("judge-a", ChatRequest(request.messages, "test@1"), url),
+        cache_key("judge-a", ChatRequest((("user", "other"),), "test@0"), url),
+        cache_key("judge-a", ChatRequest(request.messages, "test@0", temperature=1.0), url),
+        cache_key("judge-a", ChatRequest(request.messages, "test@0", max_tokens=1), url),
+        cache_key("judge-a", ChatRequest(request.messages, "test@0", top_logprobs=5), url),
     ]
-    assert len({base, *variants}) == 7
-    assert base == cache_key("judge-a", generic_requests(1)[0])
+    assert len({base, *variants}) == 8
+    assert base == cache_key("judge-a", generic_requests(1)[0], url + "/")  # a trailing / is no other endpoint
 
 
 def test_resume_after_interrupted_run_requests_only_the_missing(start_judge, judge_config):
