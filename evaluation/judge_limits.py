@@ -17,14 +17,41 @@ import email.utils
 import random
 import threading
 import time
+from typing import TYPE_CHECKING, Sequence
+
 import openai
 
 from evaluation.settings import JudgeConfig
+
+if TYPE_CHECKING:
+    from evaluation.judges import Judgment
 
 # Statuses worth retrying: timeouts, lock conflicts, rate limits and server errors.
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 QUOTA_CODES = frozenset({"insufficient_quota"})
 """429 error codes that mean "no money left": retrying cannot help."""
+
+
+class JudgeRequestsFailed(RuntimeError):
+    """Some judgments could not be obtained. Every success is already in the cache, failures are
+    not, so a rerun requests exactly the failed ones."""
+
+    def __init__(self, failed: Sequence[Judgment], total: int, cache_path: str | None, reason: str = ""):
+        self.failed = list(failed)
+        errors = "; ".join(sorted({j.error or "" for j in self.failed})[:3])
+        where = f"successes are cached in {cache_path}" if cache_path else "no cache configured"
+        super().__init__(
+            f"{len(self.failed)} of {total} judge request(s) failed{reason}: {errors} ({where}; "
+            "rerun to retry only the failed ones)"
+        )
+
+
+class JudgeCircuitOpen(JudgeRequestsFailed):
+    """The breaker stopped the run (retry budget, consecutive 429s, or no quota)."""
+
+
+class JudgeInterrupted(JudgeRequestsFailed):
+    """`JudgeClient.interrupt()` stopped the run before every request was answered."""
 
 
 class JudgeStopped(Exception):

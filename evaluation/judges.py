@@ -37,7 +37,10 @@ from typing import Any, Callable, Iterator, Sequence
 import openai
 from tqdm.auto import tqdm
 
-from evaluation.judge_limits import (  # noqa: F401  (re-exported: the retry policy)
+from evaluation.judge_limits import (  # noqa: F401  (re-exported: the retry policy, errors)
+    JudgeCircuitOpen,
+    JudgeInterrupted,
+    JudgeRequestsFailed,
     JudgeStopped,
     RateLimits,
     backoff_delay,
@@ -50,24 +53,6 @@ logger = logging.getLogger(__name__)
 
 # Placeholder for keyless servers (vLLM without --api-key); the openai client refuses None.
 NO_KEY_PLACEHOLDER = "EMPTY"
-
-
-class JudgeRequestsFailed(RuntimeError):
-    """Some judgments could not be obtained. Every success is already in the cache, failures are
-    not, so a rerun requests exactly the failed ones."""
-
-    def __init__(self, failed: Sequence[Judgment], total: int, cache_path: str | None, reason: str = ""):
-        self.failed = list(failed)
-        errors = "; ".join(sorted({j.error or "" for j in self.failed})[:3])
-        where = f"successes are cached in {cache_path}" if cache_path else "no cache configured"
-        super().__init__(
-            f"{len(self.failed)} of {total} judge request(s) failed{reason}: {errors} ({where}; "
-            "rerun to retry only the failed ones)"
-        )
-
-
-class JudgeCircuitOpen(JudgeRequestsFailed):
-    """The breaker stopped the run (retry budget, consecutive 429s, or no quota)."""
 
 
 def raise_for_failures(judgments: Sequence[Judgment], client: JudgeClient) -> None:
@@ -330,6 +315,11 @@ class JudgeClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def interrupt(self) -> None:
+        """Stop a `complete_many` running in another thread: retry loops end at once, the call
+        raises `JudgeInterrupted` with what it received cached."""
+        self.limits.stop.set()
+
     def usage_summary(self) -> dict[str, Any]:
         return self.usage.summary(self.config)
 
@@ -408,11 +398,14 @@ class JudgeClient:
             bar.close()
         if first_error is not None:
             raise first_error
+        why = self.limits.tripped or "interrupted"
+        unanswered = [Judgment(key=key, content=None, error=f"not requested: {why}")
+                      for key, indices in pending.items() if results[indices[0]] is None]
         if self.limits.tripped is not None:
-            unanswered = [Judgment(key=key, content=None, error=f"not requested: {self.limits.tripped}")
-                          for key, indices in pending.items() if results[indices[0]] is None]
             raise JudgeCircuitOpen(unanswered, len(requests), self.config.cache_path,
-                                   reason=f" (breaker: {self.limits.tripped})")
+                                   reason=f" (breaker: {why})")
+        if unanswered:  # `interrupt()` from another thread
+            raise JudgeInterrupted(unanswered, len(requests), self.config.cache_path, reason=" (interrupted)")
 
     def _request_with_retries(self, request: ChatRequest, key: str) -> Judgment:
         for attempt in range(self.config.max_retries + 1):
