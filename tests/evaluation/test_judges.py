@@ -39,6 +39,7 @@ from evaluation.judges import (
     cache_key,
     retry_after_seconds,
 )
+from tests.evaluation.cache_writer import append_records
 
 GENERIC_REPLY_WORDS = 11  # "[FIXTURE JUDGE] This is a fixed reply from the fixture judge."
 
@@ -393,15 +394,18 @@ def test_retry_budget_is_shared_by_the_run(start_judge, judge_config):
 
 
 class _PauseHandler(_Handler):
-    """Request 1: 429, Retry-After 1 s. Request 2 is held until the client has started its
-    shared pause, then answered; every later request is answered at once."""
+    """Request 1 waits until request 2 is in the server too, then gets a 429 (Retry-After 1 s).
+    Request 2 is held until the client has started its shared pause, then answered; every later
+    request is answered at once. (Polls with a 60 s deadline: order, not timing, is tested.)"""
 
     def _answer(self, raw, number, config):
+        deadline = time.monotonic() + 60
         if number == 1:
+            while self.server.stats.requests < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)
             self._send(429, _error("rate limited"), {"Retry-After": "1"})
             return
         if number == 2:
-            deadline = time.monotonic() + 60
             while self.server.client.limits.resume_at == 0 and time.monotonic() < deadline:
                 time.sleep(0.005)
         super()._answer(raw, number, config)
@@ -525,30 +529,26 @@ def test_endpoint_is_part_of_the_cache_key(start_judge, judge_config):
     assert (first.stats.requests, second.stats.requests) == (1, 1)
 
 
-def _append_records(path: str, writer: int, n: int) -> None:
-    cache = JudgmentCache(path)
-    for i in range(n):
-        cache.put({"key": f"{writer}-{i}", "content": f"{writer}" * 20_000})
-
-
 def test_two_processes_share_one_cache_without_torn_lines(tmp_path):
-    """Two processes append 200 records of 20 kB each while this one keeps loading the file:
+    """Two processes append 300 records of 8 kB each while this one keeps loading the file:
     with the lock no load ever sees a partial line, and every record arrives whole."""
     path = str(tmp_path / "cache.jsonl")
     context = multiprocessing.get_context("spawn")
-    writers = [context.Process(target=_append_records, args=(path, w, 200)) for w in (0, 1)]
+    writers = [context.Process(target=append_records, args=(path, w, 300, 8_000))
+               for w in (0, 1)]
     for process in writers:
         process.start()
     loads = 0
     while any(process.is_alive() for process in writers) or loads == 0:
         assert JudgmentCache(path).n_corrupt_lines == 0
         loads += 1
+        time.sleep(0.01)  # leave the CPU to the writers
     for process in writers:
         process.join()
         assert process.exitcode == 0
     final = JudgmentCache(path)
-    assert len(final) == 400 and final.n_corrupt_lines == 0
-    assert all(r["content"] == r["key"][0] * 20_000 for r in final._records.values())
+    assert len(final) == 600 and final.n_corrupt_lines == 0
+    assert all(r["content"] == r["key"][0] * 8_000 for r in final._records.values())
 
 
 @pytest.mark.parametrize("settings, message", [
