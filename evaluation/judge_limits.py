@@ -38,6 +38,7 @@ class JudgeRequestsFailed(RuntimeError):
 
     def __init__(self, failed: Sequence[Judgment], total: int, cache_path: str | None, reason: str = ""):
         self.failed = list(failed)
+        self.total, self.cache_path = total, cache_path
         errors = "; ".join(sorted({j.error or "" for j in self.failed})[:3])
         where = f"successes are cached in {cache_path}" if cache_path else "no cache configured"
         super().__init__(

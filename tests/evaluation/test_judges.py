@@ -580,9 +580,47 @@ def test_run_configs_with_judges_still_load():
     """The fixture judge of pipelines.run and configs/evaluate_tiny.yaml: loopback, keyless."""
     from orpo.config import load_config
     from pipelines.config import Config
+    from pipelines.run import evaluation_config
 
     cfg = load_config(Config, "configs/evaluate_tiny.yaml")
     assert cfg.evaluation.judge.key_env() is None
+    quickstart = load_config(Config, "configs/quickstart.yaml")
+    evaluated = evaluation_config(quickstart, quickstart.methods[0], Path("runs/x"), "http://127.0.0.1:1/v1")
+    assert evaluated.evaluation.judge.key_env() is None
     with pytest.raises(ConfigError, match="api_key_env"):
         load_config(Config, "configs/evaluate_tiny.yaml",
                     ["evaluation.judge.api_key_env=auto"])
+
+
+def test_evaluation_stage_fails_on_judge_errors_and_rerun_sends_only_those(
+        start_judge, judge_config, tmp_path, alpaca_reference_path, monkeypatch):
+    """pipelines.evaluate with generation stubbed out (4 AlpacaEval answers on disk, 1 marked to
+    fail): the stage raises, so pipelines.run's manifest marks it failed, and writes no summary;
+    the rerun sends 1 request and writes both summaries."""
+    import pipelines.evaluate as stage
+    from orpo.config import load_config
+    from pipelines.config import Config
+
+    references = json.loads(alpaca_reference_path.read_text())[:4]
+    generations = tmp_path / "alpaca.jsonl"
+    generations.write_text("".join(
+        json.dumps({"instruction": r["instruction"], "output": r["output"] + (" FAILME" if i == 2 else " more")})
+        + "\n" for i, r in enumerate(references)))
+    monkeypatch.setattr(stage, "generate", lambda cfg, out: {"alpaca_eval": generations})
+    monkeypatch.setattr(stage, "resolve_model_path", lambda model, out: "toy-model")
+    server = start_judge()
+    server.RequestHandlerClass, server.failing = _FailMarkedHandler, True
+    judge = judge_config(server)
+    cfg = load_config(Config, "configs/evaluate_tiny.yaml", [
+        f"output_dir={tmp_path / 'eval'}", f"evaluation.judge.base_url={judge.base_url}",
+        f"evaluation.judge.api_key_env={judge.api_key_env}",
+        f"evaluation.alpaca_eval.reference_outputs={alpaca_reference_path}"])
+    with pytest.raises(JudgeRequestsFailed, match=r"1 of 4"):
+        stage.evaluate(cfg)
+    assert not (tmp_path / "eval" / "summary.json").exists()
+    assert server.stats.requests == 4
+
+    server.failing = False
+    summary = stage.evaluate(cfg)
+    assert server.stats.requests == 5 and summary["alpaca_eval"]["n_total"] == 4
+    assert (tmp_path / "eval" / "summary.json").exists()
