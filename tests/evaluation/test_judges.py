@@ -533,7 +533,7 @@ def test_two_processes_share_one_cache_without_torn_lines(tmp_path):
     """Two processes append 300 records of 8 kB each while this one keeps loading the file:
     with the lock no load ever sees a partial line, and every record arrives whole."""
     path = str(tmp_path / "cache.jsonl")
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")  # the child only runs already-imported code
     writers = [context.Process(target=append_records, args=(path, w, 300, 8_000))
                for w in (0, 1)]
     for process in writers:
