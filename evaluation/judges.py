@@ -13,8 +13,15 @@ explicit and testable with an injected `sleep`. Concurrency is a thread pool, no
 callers are synchronous stages (CLI, Ray tasks, pytest, notebooks) where `asyncio.run` would clash
 with a running loop, and the work is I/O-bound so the GIL does not matter at judge concurrency.
 
+Failures: a request that still fails after its retries comes back as a `Judgment` with `error`
+set and is never cached; the benchmarks then raise `JudgeRequestsFailed` (after every success is
+cached), so the stage fails and a rerun sends only the failed requests. Rate limits, the run-wide
+retry budget, the breaker and the stop event are in `evaluation.judge_limits`.
+
 Secrets: the config names the *environment variable* holding the key; the key is read from the
 environment only, lives inside the `openai` client, and never reaches the cache, logs or repr.
+It is sent only where `JudgeConfig.key_env` allows: OpenAI's key to OpenAI, others named
+explicitly, never over plain http except to loopback.
 """
 
 from __future__ import annotations
@@ -371,6 +378,14 @@ class JudgeClient:
         }
         first_error: BaseException | None = None
         bar = tqdm(total=len(futures), desc=desc, disable=not self.config.progress)
+
+        def store(judgment: Judgment, key: str) -> None:
+            bar.update()
+            if judgment.error is None and self.cache is not None:
+                self.cache.put(_record_from(judgment, requests[pending[key][0]], self.config))
+            for index in pending[key]:
+                results[index] = judgment
+
         try:
             for future in as_completed(futures):
                 if future.cancelled():
@@ -382,12 +397,7 @@ class JudgeClient:
                 except BaseException as error:  # noqa: BLE001 - re-raised after saving the rest
                     first_error = error
                     break
-                bar.update()
-                indices = pending[futures[future]]
-                if judgment.error is None and self.cache is not None:
-                    self.cache.put(_record_from(judgment, requests[indices[0]], self.config))
-                for index in indices:
-                    results[index] = judgment
+                store(judgment, futures[future])
                 if self.limits.stop.is_set():
                     break
         finally:
@@ -395,6 +405,10 @@ class JudgeClient:
             # in-flight requests: their answers are lost, everything received is in the cache.
             self.limits.stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
+            for future, key in futures.items():  # answers that arrived meanwhile are kept too
+                done = future.done() and not future.cancelled() and future.exception() is None
+                if done and results[pending[key][0]] is None:
+                    store(future.result(), key)
             bar.close()
         if first_error is not None:
             raise first_error

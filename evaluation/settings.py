@@ -69,9 +69,10 @@ class JudgeConfig:
     max_total_retries: int | None = 500
     """Retries allowed across the whole run (all requests together); past it the client stops and
     raises, keeping what it has. None: no run-wide budget (only `max_retries` per request)."""
-    breaker_consecutive_429: int | None = 16
-    """Stop after this many 429s in a row with no success between them (a rate limit that is not
-    lifting). An `insufficient_quota` 429 stops at once. None: never."""
+    breaker_consecutive_429: int | None = 32
+    """Stop after this many 429s in a row, over all threads, with no success between them (a rate
+    limit that is not lifting: at concurrency 8, four rounds of shared pauses). An
+    `insufficient_quota` 429 stops at once. None: never."""
 
     def __post_init__(self) -> None:
         require(self.concurrency > 0, "judge.concurrency", "must be > 0", self.concurrency)
