@@ -432,8 +432,8 @@ def test_a_429_pauses_every_thread(start_judge, judge_config):
 
 
 def test_stop_event_ends_retry_loops_promptly(start_judge, judge_config):
-    """Every request answers 429 with Retry-After 30; 4 threads are then each waiting 30 s.
-    Setting the stop event (what Ctrl-C and fatal errors do) ends the call at once: no further
+    """Every request answers 429 with Retry-After 30: after the first one every thread waits 30 s
+    (its own backoff or the shared pause). Setting the stop event (what Ctrl-C and fatal errors do) ends the call at once: no further
     request is sent, nothing is cached, and the call raises JudgeInterrupted."""
     server = start_judge(fail_429_every=1, retry_after_s=30)
     config = judge_config(server, concurrency=4, backoff_max_s=60, breaker_consecutive_429=None)
@@ -441,7 +441,7 @@ def test_stop_event_ends_retry_loops_promptly(start_judge, judge_config):
 
     def interrupt_when_all_wait():
         deadline = time.monotonic() + 60
-        while client.usage.retries < 4 and time.monotonic() < deadline:
+        while client.usage.retries < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         client.interrupt()
 
@@ -451,14 +451,14 @@ def test_stop_event_ends_retry_loops_promptly(start_judge, judge_config):
     with pytest.raises(JudgeInterrupted):
         client.complete_many(generic_requests(8))
     helper.join()
-    assert time.monotonic() - started < 20  # the sleeps were 30 s each
-    assert server.stats.requests == 4
+    assert time.monotonic() - started < 20  # the waits were 30 s each
+    assert 1 <= server.stats.requests <= 4  # nothing sent after the first 429's pause began
     client.close()
     assert len(JudgmentCache(config.cache_path)) == 0
 
 
 def test_ctrl_c_in_the_main_thread_returns_promptly(start_judge, judge_config):
-    """A real SIGINT while 4 threads sleep out a 30 s Retry-After: KeyboardInterrupt comes out
+    """A real SIGINT while the threads sleep out a 30 s Retry-After: KeyboardInterrupt comes out
     of complete_many at once and the worker threads end soon after (they wait on the stop event)."""
     server = start_judge(fail_429_every=1, retry_after_s=30)
     config = judge_config(server, concurrency=4, backoff_max_s=60, breaker_consecutive_429=None)
@@ -466,7 +466,7 @@ def test_ctrl_c_in_the_main_thread_returns_promptly(start_judge, judge_config):
 
     def ctrl_c_when_all_wait():
         deadline = time.monotonic() + 60
-        while client.usage.retries < 4 and time.monotonic() < deadline:
+        while client.usage.retries < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGINT)
 
@@ -477,7 +477,7 @@ def test_ctrl_c_in_the_main_thread_returns_promptly(start_judge, judge_config):
         client.complete_many(generic_requests(8))
     helper.join()
     assert time.monotonic() - started < 20
-    assert client.limits.stop.is_set() and server.stats.requests == 4
+    assert client.limits.stop.is_set() and 1 <= server.stats.requests <= 4
     client.close()
 
 
