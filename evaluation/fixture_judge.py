@@ -31,6 +31,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,6 +62,8 @@ class FixtureJudgeConfig:
     """Answer every Nth request with 500 (0: never)."""
     retry_after_s: float | None = 0.0
     """Retry-After sent with 429s (None: no header)."""
+    code_429: str | None = None
+    """`error.code` of the 429 body, e.g. `insufficient_quota` (OpenAI's "no credit left")."""
     malformed_every: int = 0
     """Prompts whose hash is divisible by N get a malformed verdict (0: never)."""
     latency_s: float = 0.0
@@ -82,6 +85,8 @@ class FixtureStats:
     statuses: Counter = field(default_factory=Counter)
     in_flight: int = 0
     max_in_flight: int = 0
+    arrivals: list = field(default_factory=list)
+    """`time.monotonic()` at which each request arrived, in request-number order."""
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -246,6 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
         server, config = self.server, self.server.config
         with server.lock:
             server.stats.requests += 1
+            server.stats.arrivals.append(time.monotonic())
             number = server.stats.requests
             server.stats.in_flight += 1
             server.stats.max_in_flight = max(server.stats.max_in_flight, server.stats.in_flight)
@@ -265,7 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {}
             if config.retry_after_s is not None:
                 headers["Retry-After"] = f"{config.retry_after_s:g}"
-            self._send(429, _error("fixture judge: injected rate limit"), headers)
+            self._send(429, _error("fixture judge: injected rate limit", config.code_429), headers)
         elif config.fail_500_every and number % config.fail_500_every == 0:
             self._send(500, _error("fixture judge: injected server error"))
         else:
@@ -295,8 +301,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def _error(message: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "fixture_error", "code": None}}
+def _error(message: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "fixture_error", "code": code}}
 
 
 @contextlib.contextmanager

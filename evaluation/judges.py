@@ -13,14 +13,21 @@ explicit and testable with an injected `sleep`. Concurrency is a thread pool, no
 callers are synchronous stages (CLI, Ray tasks, pytest, notebooks) where `asyncio.run` would clash
 with a running loop, and the work is I/O-bound so the GIL does not matter at judge concurrency.
 
+Failures: a request that still fails after its retries comes back as a `Judgment` with `error`
+set and is never cached; the benchmarks then raise `JudgeRequestsFailed` (after every success is
+cached), so the stage fails and a rerun sends only the failed requests. Rate limits, the run-wide
+retry budget, the breaker and the stop event are in `evaluation.judge_limits`.
+
 Secrets: the config names the *environment variable* holding the key; the key is read from the
 environment only, lives inside the `openai` client, and never reaches the cache, logs or repr.
+It is sent only where `JudgeConfig.key_env` allows: OpenAI's key to OpenAI, others named
+explicitly, never over plain http except to loopback.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import email.utils
+import fcntl
 import hashlib
 import json
 import logging
@@ -29,21 +36,38 @@ import random
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import openai
 from tqdm.auto import tqdm
 
+from evaluation.judge_limits import (  # noqa: F401  (re-exported: the retry policy, errors)
+    JudgeCircuitOpen,
+    JudgeInterrupted,
+    JudgeRequestsFailed,
+    JudgeStopped,
+    RateLimits,
+    backoff_delay,
+    is_retryable,
+    retry_after_seconds,
+)
 from evaluation.settings import JudgeConfig  # noqa: F401  (the client's config)
 
 logger = logging.getLogger(__name__)
 
 # Placeholder for keyless servers (vLLM without --api-key); the openai client refuses None.
 NO_KEY_PLACEHOLDER = "EMPTY"
-# Statuses worth retrying: timeouts, lock conflicts, rate limits and server errors.
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
+def raise_for_failures(judgments: Sequence[Judgment], client: JudgeClient) -> None:
+    """Raise `JudgeRequestsFailed` when any judgment is a request error (benchmarks call this
+    after `complete_many`, so a stage with failed requests fails instead of being marked done)."""
+    failed = [j for j in judgments if j.error is not None]
+    if failed:
+        raise JudgeRequestsFailed(failed, len(judgments), client.config.cache_path)
 
 
 @dataclass(frozen=True)
@@ -91,9 +115,13 @@ def template_id(name: str, template_text: str) -> str:
     return f"{name}@{hashlib.sha256(template_text.encode()).hexdigest()[:12]}"
 
 
-def cache_key(judge_model: str, request: ChatRequest) -> str:
-    """Key of a judgment: judge model, template, rendered inputs and decoding parameters."""
+def cache_key(judge_model: str, request: ChatRequest, endpoint: str) -> str:
+    """Key of a judgment: endpoint, judge model, template, rendered inputs and decoding parameters.
+
+    The endpoint is part of it: "gpt-4" on a proxy or a local server is not OpenAI's gpt-4.
+    """
     payload = {
+        "endpoint": endpoint.rstrip("/"),
         "judge_model": judge_model,
         "template_id": request.template_id,
         "messages": [list(m) for m in request.messages],
@@ -116,20 +144,31 @@ class JudgmentCache:
 
     Each record is written with a single `write` of a full line, flushed and fsynced, so a
     kill mid-run leaves at worst one truncated last line; `load` skips lines that do not parse,
-    and the next append starts on a fresh line. Only one process should write a given file.
+    and the next append starts on a fresh line. Appends and loads hold an `flock` on the sidecar
+    `<name>.lock`, so processes sharing one cache never interleave or read half-written lines.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._records: dict[str, dict[str, Any]] = {}
         self.n_corrupt_lines = 0
-        self._checked_last_newline = False
         self._load()
+
+    @contextmanager
+    def _locked(self, mode: int) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock_path.open("a") as lock:
+            fcntl.flock(lock, mode)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _load(self) -> None:
         if not self.path.exists():
             return
-        with self.path.open("rb") as f:
+        with self._locked(fcntl.LOCK_SH), self.path.open("rb") as f:
             for line in f:
                 try:
                     record = json.loads(line)
@@ -151,14 +190,12 @@ class JudgmentCache:
         return self._records.get(key)
 
     def put(self, record: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(record, ensure_ascii=False) + "\n"
-        with self.path.open("ab") as f:
-            # A killed writer may have left a line without its newline: never glue onto it.
-            if not self._checked_last_newline and f.tell() > 0:
-                if not _ends_with_newline(self.path):
-                    f.write(b"\n")
-            self._checked_last_newline = True
+        with self._locked(fcntl.LOCK_EX), self.path.open("ab") as f:
+            # A killed writer (this process or another) may have left a line without its
+            # newline: never glue onto it.
+            if f.tell() > 0 and not _ends_with_newline(self.path):
+                f.write(b"\n")
             f.write(line.encode())
             f.flush()
             os.fsync(f.fileno())
@@ -171,11 +208,12 @@ def _ends_with_newline(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
-def _record_from(judgment: Judgment, request: ChatRequest, judge_model: str) -> dict[str, Any]:
+def _record_from(judgment: Judgment, request: ChatRequest, config: JudgeConfig) -> dict[str, Any]:
     # Inputs are stored alongside the verdict so the cache doubles as an audit log.
     return {
         "key": judgment.key,
-        "judge_model": judge_model,
+        "endpoint": config.base_url,
+        "judge_model": config.model,
         "template_id": request.template_id,
         "messages": [list(m) for m in request.messages],
         "decoding": request.decoding(),
@@ -238,57 +276,6 @@ class Usage:
         }
 
 
-# --------------------------------------------------------------------------- retry policy
-
-
-def is_retryable(error: BaseException) -> bool:
-    """Transient failures: timeouts, dropped connections, 408/409/429 and 5xx."""
-    if isinstance(error, openai.APIConnectionError):  # includes APITimeoutError
-        return True
-    if isinstance(error, openai.APIStatusError):
-        return error.status_code in RETRYABLE_STATUSES or error.status_code >= 500
-    return False
-
-
-def retry_after_seconds(error: BaseException) -> float | None:
-    """The server's requested wait (`retry-after-ms`, or `Retry-After` in seconds or as a date)."""
-    response = getattr(error, "response", None)
-    if response is None:
-        return None
-    headers = response.headers
-    if (value := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    if (value := headers.get("retry-after")) is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def backoff_delay(
-    attempt: int, retry_after: float | None, config: JudgeConfig, rng: random.Random
-) -> float:
-    """Seconds to wait before retry number `attempt` (0-based).
-
-    A server's Retry-After wins (capped at `backoff_max_s`); otherwise exponential backoff with
-    "equal jitter": half the exponential delay fixed, half uniform, so concurrent workers that
-    failed together do not retry together.
-    """
-    if retry_after is not None:
-        return min(retry_after, config.backoff_max_s)
-    exponential = min(config.backoff_max_s, config.backoff_initial_s * 2**attempt)
-    return exponential / 2 + rng.uniform(0, exponential / 2)
-
-
 # --------------------------------------------------------------------------- client
 
 
@@ -299,18 +286,21 @@ class JudgeClient:
         self,
         config: JudgeConfig,
         *,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         rng: random.Random | None = None,
     ):
+        """`sleep`: the per-request backoff wait (tests inject one); by default a wait on the
+        stop event, so interruption cuts it short."""
         self.config = config
         self.usage = Usage()
         self.cache = JudgmentCache(config.cache_path) if config.cache_path else None
-        self._sleep = sleep
         self._rng = rng or random.Random(0)
+        self.limits = RateLimits(config, self._rng)
+        self._sleep = sleep or self.limits.sleep
         self._lock = threading.Lock()
         self._openai = openai.OpenAI(
             base_url=config.base_url,
-            api_key=_api_key_from_env(config.api_key_env),
+            api_key=_api_key_from_env(config.key_env()),
             max_retries=0,  # retries are ours: see the module docstring
             timeout=config.timeout_s,
         )
@@ -332,6 +322,11 @@ class JudgeClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def interrupt(self) -> None:
+        """Stop a `complete_many` running in another thread: retry loops end at once, the call
+        raises `JudgeInterrupted` with what it received cached."""
+        self.limits.stop.set()
+
     def usage_summary(self) -> dict[str, Any]:
         return self.usage.summary(self.config)
 
@@ -342,9 +337,11 @@ class JudgeClient:
         """Answer every request, in order. Cached ones cost nothing; identical ones are sent once.
 
         Each judgment is cached as soon as it arrives, so if this raises (or the process dies)
-        a rerun requests only what is missing. Failed requests come back with `error` set.
+        a rerun requests only what is missing. Failed requests come back with `error` set and
+        are never cached (see `raise_for_failures`). Raises `JudgeCircuitOpen` when the breaker
+        stops the run; on Ctrl-C every retry loop stops and this returns within about a second.
         """
-        keys = [cache_key(self.config.model, request) for request in requests]
+        keys = [cache_key(self.config.model, request, self.config.base_url) for request in requests]
         results: list[Judgment | None] = [None] * len(requests)
         pending: dict[str, list[int]] = {}
         for index, key in enumerate(keys):
@@ -370,44 +367,63 @@ class JudgeClient:
         results: list[Judgment | None],
         desc: str,
     ) -> None:
+        if self.limits.tripped is not None:  # an open breaker stays open for this client
+            raise JudgeCircuitOpen([], len(requests), self.config.cache_path,
+                                   reason=f" (breaker: {self.limits.tripped})")
+        self.limits.stop.clear()
         pool = ThreadPoolExecutor(max_workers=self.config.concurrency)
         futures: dict[Future[Judgment], str] = {
             pool.submit(self._request_with_retries, requests[indices[0]], key): key
             for key, indices in pending.items()
         }
         first_error: BaseException | None = None
-        finished = False
+        bar = tqdm(total=len(futures), desc=desc, disable=not self.config.progress)
+
+        def store(judgment: Judgment, key: str) -> None:
+            bar.update()
+            if judgment.error is None and self.cache is not None:
+                self.cache.put(_record_from(judgment, requests[pending[key][0]], self.config))
+            for index in pending[key]:
+                results[index] = judgment
+
         try:
-            bar = tqdm(total=len(futures), desc=desc, disable=not self.config.progress)
             for future in as_completed(futures):
                 if future.cancelled():
                     continue
-                bar.update()
                 try:
                     judgment = future.result()
+                except JudgeStopped:
+                    continue  # the breaker or a fatal error set the stop event
                 except BaseException as error:  # noqa: BLE001 - re-raised after saving the rest
-                    if first_error is None:
-                        first_error = error
-                        for other in futures:
-                            other.cancel()
-                    continue
-                key = futures[future]
-                indices = pending[key]
-                if judgment.error is None and self.cache is not None:
-                    self.cache.put(_record_from(judgment, requests[indices[0]], self.config.model))
-                for index in indices:
-                    results[index] = judgment
-            bar.close()
-            finished = first_error is None
+                    first_error = error
+                    break
+                store(judgment, futures[future])
+                if self.limits.stop.is_set():
+                    break
         finally:
-            # On an error or Ctrl-C, do not wait for in-flight requests: their answers are lost,
-            # everything already received is in the cache.
-            pool.shutdown(wait=finished, cancel_futures=True)
+            # On an error, the breaker or Ctrl-C, stop every retry loop and do not wait for
+            # in-flight requests: their answers are lost, everything received is in the cache.
+            self.limits.stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            for future, key in futures.items():  # answers that arrived meanwhile are kept too
+                done = future.done() and not future.cancelled() and future.exception() is None
+                if done and results[pending[key][0]] is None:
+                    store(future.result(), key)
+            bar.close()
         if first_error is not None:
             raise first_error
+        why = self.limits.tripped or "interrupted"
+        unanswered = [Judgment(key=key, content=None, error=f"not requested: {why}")
+                      for key, indices in pending.items() if results[indices[0]] is None]
+        if self.limits.tripped is not None:
+            raise JudgeCircuitOpen(unanswered, len(requests), self.config.cache_path,
+                                   reason=f" (breaker: {why})")
+        if unanswered:  # `interrupt()` from another thread
+            raise JudgeInterrupted(unanswered, len(requests), self.config.cache_path, reason=" (interrupted)")
 
     def _request_with_retries(self, request: ChatRequest, key: str) -> Judgment:
         for attempt in range(self.config.max_retries + 1):
+            self.limits.wait_turn()  # the shared 429 pause; raises JudgeStopped once stopped
             with self._lock:
                 self.usage.http_attempts += 1
             try:
@@ -421,7 +437,7 @@ class JudgeClient:
                     reason = "retries exhausted" if retryable else "not retryable"
                     logger.warning("judge request failed (%s): %s", reason, description)
                     return Judgment(key=key, content=None, error=f"{reason}: {description}")
-                delay = backoff_delay(attempt, retry_after_seconds(error), self.config, self._rng)
+                delay = self.limits.before_retry(error, attempt)  # raises if the breaker opens
                 logger.info(
                     "judge request: %s; retry %d/%d in %.2fs",
                     description,
@@ -433,6 +449,7 @@ class JudgeClient:
                     self.usage.retries += 1
                 self._sleep(delay)
                 continue
+            self.limits.succeeded()
             with self._lock:
                 self.usage.completions += 1
                 self.usage.prompt_tokens += judgment.prompt_tokens
@@ -476,8 +493,8 @@ def _api_key_from_env(variable: str | None) -> str:
     key = os.environ.get(variable)
     if not key:
         raise RuntimeError(
-            f"judge API key: environment variable {variable!r} is not set "
-            "(set it, or use api_key_env=None for a keyless server)"
+            f"judge API key: environment variable {variable!r} (judge.api_key_env) is not set "
+            "(set it, or use api_key_env: null for a keyless server)"
         )
     return key
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from evaluation.fixture_judge import FIXTURE_MODEL_NAME
-from evaluation.judges import ChatRequest, JudgeClient, Judgment, template_id
+from evaluation.judges import ChatRequest, JudgeClient, Judgment, raise_for_failures, template_id
 from evaluation.settings import MT_BENCH_JUDGE_MODEL as OFFICIAL_JUDGE_MODEL
 from evaluation.settings import NEED_REF_CATS, MTBenchConfig
 
@@ -307,6 +307,7 @@ def evaluate(
     client = client or JudgeClient(judge_config)
     try:
         judgments = client.complete_many([m.request for m in matches], desc="mt-bench")
+        raise_for_failures(judgments, client)  # a failed request fails the stage; rerun retries it
     finally:
         if owns_client:
             client.close()

@@ -6,8 +6,12 @@ the ``eval`` extra; the benchmark modules import them from here.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from orpo.config import ConfigError, require
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_BENCHMARKS = REPO_ROOT.parent / "shared" / "benchmarks"
@@ -16,6 +20,9 @@ ALPACA_EVAL_HUB_REPO = "tatsu-lab/alpaca_eval"
 ALPACA_EVAL_JUDGE_MODEL = "gpt-4-1106-preview"
 MT_BENCH_JUDGE_MODEL = "gpt-4"
 NEED_REF_CATS = ("math", "reasoning", "coding")
+AUTO_KEY_ENV = "auto"
+OPENAI_KEY_ENV = "OPENAI_API_KEY"
+OPENAI_HOST = "api.openai.com"
 
 
 def default_reference_outputs() -> str:
@@ -35,9 +42,11 @@ class JudgeConfig:
     """OpenAI-compatible base URL, e.g. `http://127.0.0.1:8000/v1` for a vLLM server."""
     model: str = "gpt-4-1106-preview"
     """Judge model name sent to the endpoint; part of every cache key."""
-    api_key_env: str | None = "OPENAI_API_KEY"
+    api_key_env: str | None = AUTO_KEY_ENV
     """Name of the environment variable that holds the key (never the key itself). None: keyless
-    server."""
+    server. `auto` (the default) means `OPENAI_API_KEY`, and only for OpenAI's own endpoint: any
+    other `base_url` must name its variable (or null), so the OpenAI key never goes elsewhere. A
+    key is never sent over plain http except to a loopback host (a local server)."""
     concurrency: int = 8
     """Maximum number of requests in flight."""
     max_retries: int = 8
@@ -57,6 +66,56 @@ class JudgeConfig:
     """Price of completion tokens, for cost accounting."""
     progress: bool = True
     """Show a progress bar in `complete_many`."""
+    max_total_retries: int | None = 500
+    """Retries allowed across the whole run (all requests together); past it the client stops and
+    raises, keeping what it has. None: no run-wide budget (only `max_retries` per request)."""
+    breaker_consecutive_429: int | None = 32
+    """Stop after this many 429s in a row, over all threads, with no success between them (a rate
+    limit that is not lifting: at concurrency 8, four rounds of shared pauses). An
+    `insufficient_quota` 429 stops at once. None: never."""
+
+    def __post_init__(self) -> None:
+        require(self.concurrency > 0, "judge.concurrency", "must be > 0", self.concurrency)
+        require(self.max_retries >= 0, "judge.max_retries", "must be >= 0", self.max_retries)
+        require(0 <= self.backoff_initial_s <= self.backoff_max_s, "judge.backoff_initial_s",
+                f"must be in [0, backoff_max_s={self.backoff_max_s}]", self.backoff_initial_s)
+        require(self.timeout_s > 0, "judge.timeout_s", "must be > 0", self.timeout_s)
+        for key in ("max_total_retries", "breaker_consecutive_429"):
+            value = getattr(self, key)
+            require(value is None or value > 0, f"judge.{key}", "must be > 0 or null", value)
+        self.key_env()  # the key rules, checked at load
+
+    def key_env(self) -> str | None:
+        """The environment variable to read the key from (None: keyless), or a ConfigError when
+        the endpoint and key settings would send a key where it must not go."""
+        url = urlsplit(self.base_url)
+        require(url.scheme in ("http", "https") and bool(url.hostname), "judge.base_url",
+                "must be an http(s) URL with a host", self.base_url)
+        variable = self.api_key_env
+        if variable == AUTO_KEY_ENV:
+            if url.scheme != "https" or url.hostname != OPENAI_HOST:
+                raise ConfigError(
+                    f"'judge.api_key_env' must be set explicitly for base_url {self.base_url!r} "
+                    f"(the default sends {OPENAI_KEY_ENV} to {OPENAI_HOST} only): name the variable "
+                    "holding this endpoint's key, or null for a keyless server"
+                )
+            variable = OPENAI_KEY_ENV
+        if variable is not None and url.scheme == "http" and not _is_loopback(url.hostname or ""):
+            raise ConfigError(
+                f"'judge.api_key_env' is {variable!r} but 'judge.base_url' {self.base_url!r} is plain "
+                "http to a non-loopback host: the key would travel unencrypted; use https "
+                "(or api_key_env: null for a keyless server)"
+            )
+        return variable
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass

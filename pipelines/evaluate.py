@@ -16,6 +16,7 @@ from typing import Any
 
 from evaluation import ifeval
 from evaluation.alpaca_eval import evaluate as evaluate_alpaca
+from evaluation.judge_limits import JudgeCircuitOpen, JudgeRequestsFailed
 from evaluation.mt_bench import evaluate as evaluate_mt_bench
 from evaluation.settings import JudgeConfig
 from orpo.config import load_config
@@ -41,32 +42,52 @@ def score_ifeval(outputs: Path, prompts_path: str | None, out_dir: Path, on_miss
 
 
 def evaluate(cfg: Config) -> dict[str, Any]:
-    """Generate what is missing, score every selected benchmark, write and return the summary."""
+    """Generate what is missing, score every selected benchmark, write and return the summary.
+
+    A benchmark whose judge requests failed raises `JudgeRequestsFailed` once the other
+    benchmarks have run (the breaker raises at once), so the stage fails and a rerun requests
+    only the failed judgments; no overall summary is written then.
+    """
     output_dir = Path(cfg.output_dir)
     paths = generate(cfg, output_dir / "generations")
-    generation, settings = cfg.generation, cfg.evaluation
     model_name = model_display_name(cfg, resolve_model_path(cfg.model, cfg.output_dir))
     summary: dict[str, Any] = {"model": model_name, "generations": {k: str(v) for k, v in paths.items()}}
+    failures: list[JudgeRequestsFailed] = []
     for name, path in paths.items():
         bench_dir = output_dir / name
         bench_dir.mkdir(parents=True, exist_ok=True)
-        if name == "ifeval":
-            result = score_ifeval(path, generation.ifeval.data_path, bench_dir, settings.ifeval_on_missing_punkt)
-        elif name == "alpaca_eval":
-            bench_cfg = _with_judge(settings.alpaca_eval, settings.judge)
-            if generation.alpaca_eval.limit is not None:
-                bench_cfg = dataclasses.replace(bench_cfg, allow_subset=True)
-            outputs = [{"instruction": r["instruction"], "output": r["output"]} for r in _read_jsonl(path)]
-            result = evaluate_alpaca(outputs, model_name, bench_cfg, bench_dir).summary
-        else:
-            answers = _read_jsonl(path)
-            bench_cfg = dataclasses.replace(_with_judge(settings.mt_bench, settings.judge),
-                                            question_ids=tuple(a["question_id"] for a in answers))
-            result = evaluate_mt_bench(answers, model_name, bench_cfg, bench_dir).summary
+        try:
+            result = _score(name, path, bench_dir, cfg, model_name)
+        except JudgeCircuitOpen:
+            raise
+        except JudgeRequestsFailed as error:
+            failures.append(error)
+            (bench_dir / "summary.json").unlink(missing_ok=True)  # no stale result survives
+            continue
         (bench_dir / "summary.json").write_text(json.dumps(result, indent=2, default=str))
         summary[name] = result
+    if failures:
+        raise failures[0] if len(failures) == 1 else JudgeRequestsFailed(
+            [j for error in failures for j in error.failed], sum(e.total for e in failures),
+            " and ".join(str(e.cache_path) for e in failures))
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _score(name: str, path: Path, bench_dir: Path, cfg: Config, model_name: str) -> dict[str, Any]:
+    generation, settings = cfg.generation, cfg.evaluation
+    if name == "ifeval":
+        return score_ifeval(path, generation.ifeval.data_path, bench_dir, settings.ifeval_on_missing_punkt)
+    if name == "alpaca_eval":
+        bench_cfg = _with_judge(settings.alpaca_eval, settings.judge)
+        if generation.alpaca_eval.limit is not None:
+            bench_cfg = dataclasses.replace(bench_cfg, allow_subset=True)
+        outputs = [{"instruction": r["instruction"], "output": r["output"]} for r in _read_jsonl(path)]
+        return evaluate_alpaca(outputs, model_name, bench_cfg, bench_dir).summary
+    answers = _read_jsonl(path)
+    bench_cfg = dataclasses.replace(_with_judge(settings.mt_bench, settings.judge),
+                                    question_ids=tuple(a["question_id"] for a in answers))
+    return evaluate_mt_bench(answers, model_name, bench_cfg, bench_dir).summary
 
 
 def _with_judge(bench_cfg: Any, judge: JudgeConfig | None) -> Any:

@@ -24,7 +24,7 @@ from evaluation.alpaca_eval.data import (
     write_model_outputs,
 )
 from evaluation.alpaca_eval.metrics import aggregate
-from evaluation.judges import JudgeClient
+from evaluation.judges import JudgeClient, raise_for_failures
 from evaluation.settings import AlpacaEvalConfig
 
 
@@ -40,9 +40,13 @@ class AlpacaEvalResult:
 def judge_comparisons(
     comparisons: Sequence[Comparison], client: JudgeClient, config: AnnotatorConfig
 ) -> list[dict[str, Any]]:
-    """Annotate every comparison: identical outputs are ties without a judge call."""
+    """Annotate every comparison: identical outputs are ties without a judge call.
+
+    Raises `JudgeRequestsFailed` if any request failed (successes are cached first).
+    """
     to_judge = [c for c in comparisons if annotation_needs_judge(c)]
     judgments = client.complete_many([judge_request(c, config) for c in to_judge], desc="alpaca")
+    raise_for_failures(judgments, client)
     by_index = {c.index: j for c, j in zip(to_judge, judgments)}
     return [score(c, by_index.get(c.index), config) for c in comparisons]
 

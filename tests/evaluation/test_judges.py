@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import multiprocessing
+import os
 import random
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -19,17 +23,23 @@ from types import SimpleNamespace
 
 import pytest
 
+from orpo.config import ConfigError
+
 from evaluation.alpaca_eval.annotator import render_messages
-from evaluation.fixture_judge import _Handler
+from evaluation.fixture_judge import _error, _Handler
 from evaluation.judges import (
     ChatRequest,
+    JudgeCircuitOpen,
     JudgeClient,
     JudgeConfig,
+    JudgeInterrupted,
+    JudgeRequestsFailed,
     JudgmentCache,
     backoff_delay,
     cache_key,
     retry_after_seconds,
 )
+from tests.evaluation.cache_writer import append_records
 
 GENERIC_REPLY_WORDS = 11  # "[FIXTURE JUDGE] This is a fixed reply from the fixture judge."
 
@@ -67,14 +77,16 @@ def test_retries_on_429_and_500_then_succeeds(start_judge, judge_config):
     assert counts == (22, 10, 12, 0)
 
 
-def test_backoff_is_exponential_with_jitter_and_capped():
+def test_backoff_is_exponential_with_full_jitter_and_capped():
+    """Full jitter: retry k waits uniform in [0, min(60, 2**k)]; 50 draws of U(0, c) have a
+    range under c / 2 with probability about 50 * 0.5**49, never in practice."""
     config = JudgeConfig(backoff_initial_s=1.0, backoff_max_s=60.0)
     rng = random.Random(0)
-    for attempt, (low, high) in enumerate([(0.5, 1), (1, 2), (2, 4), (4, 8)]):
+    for attempt, high in enumerate([1, 2, 4, 8]):
         delays = [backoff_delay(attempt, None, config, rng) for _ in range(50)]
-        assert all(low <= d <= high for d in delays)
-        assert max(delays) - min(delays) > 0.1 * low  # jittered, not constant
-    assert 30 <= backoff_delay(10, None, config, rng) <= 60  # 1024 s capped at 60
+        assert all(0 <= d <= high for d in delays)
+        assert max(delays) - min(delays) > high / 2  # spread over the whole window
+    assert all(0 <= backoff_delay(10, None, config, rng) <= 60 for _ in range(20))  # 1024 s capped
     assert backoff_delay(0, 100.0, config, rng) == 60.0  # Retry-After capped too
     assert backoff_delay(3, 0.25, config, rng) == 0.25
 
@@ -183,17 +195,19 @@ def test_rerun_is_served_from_cache_with_zero_requests(start_judge, judge_config
 
 def test_cache_key_covers_model_template_inputs_and_decoding():
     request = generic_requests(1)[0]
-    base = cache_key("judge-a", request)
+    url = "https://api.openai.com/v1"
+    base = cache_key("judge-a", request, url)
     variants = [
-        cache_key("judge-b", request),
-        cache_key("judge-a", ChatRequest(request.messages, "test@1")),
-        cache_key("judge-a", ChatRequest((("user", "other"),), "test@0")),
-        cache_key("judge-a", ChatRequest(request.messages, "test@0", temperature=1.0)),
-        cache_key("judge-a", ChatRequest(request.messages, "test@0", max_tokens=1)),
-        cache_key("judge-a", ChatRequest(request.messages, "test@0", top_logprobs=5)),
+        cache_key("judge-b", request, url),
+        cache_key("judge-a", request, "http://127.0.0.1:8000/v1"),
+        cache_key("judge-a", ChatRequest(request.messages, "test@1"), url),
+        cache_key("judge-a", ChatRequest((("user", "other"),), "test@0"), url),
+        cache_key("judge-a", ChatRequest(request.messages, "test@0", temperature=1.0), url),
+        cache_key("judge-a", ChatRequest(request.messages, "test@0", max_tokens=1), url),
+        cache_key("judge-a", ChatRequest(request.messages, "test@0", top_logprobs=5), url),
     ]
-    assert len({base, *variants}) == 7
-    assert base == cache_key("judge-a", generic_requests(1)[0])
+    assert len({base, *variants}) == 8
+    assert base == cache_key("judge-a", generic_requests(1)[0], url + "/")  # a trailing / is no other endpoint
 
 
 def test_resume_after_interrupted_run_requests_only_the_missing(start_judge, judge_config):
@@ -340,3 +354,273 @@ def test_fixture_judge_cli_serves_until_stopped():
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# --------------------------------------------------------------------------- failures, limits, stop
+
+
+def test_permanent_429_trips_the_breaker_after_n_consecutive(start_judge, judge_config):
+    """Every request answers 429 with Retry-After 30 (capped to 0.05 s by backoff_max_s). With
+    breaker_consecutive_429=5 the run stops at the 5th 429: at most 5 + (concurrency - 1) = 8
+    requests reach the server, not 6 items x 9 attempts = 54, and nothing is cached."""
+    server = start_judge(fail_429_every=1, retry_after_s=30)
+    config = judge_config(server, concurrency=4, max_retries=8, backoff_max_s=0.05,
+                          breaker_consecutive_429=5)
+    started = time.monotonic()
+    with JudgeClient(config) as client, pytest.raises(JudgeCircuitOpen, match="5 consecutive 429s") as info:
+        client.complete_many(generic_requests(6))
+    assert time.monotonic() - started < 30  # generous: the point is the request count
+    assert 5 <= server.stats.requests <= 8 and server.stats.statuses == {429: server.stats.requests}
+    assert len(info.value.failed) == 6 and config.cache_path in str(info.value)
+    assert len(JudgmentCache(config.cache_path)) == 0
+
+
+def test_insufficient_quota_stops_at_once(start_judge, judge_config):
+    server = start_judge(fail_429_every=1, code_429="insufficient_quota")
+    config = judge_config(server, concurrency=1, breaker_consecutive_429=None)
+    with JudgeClient(config) as client, pytest.raises(JudgeCircuitOpen, match="insufficient_quota"):
+        client.complete_many(generic_requests(5))
+    assert server.stats.requests == 1  # retrying cannot buy quota
+
+
+def test_retry_budget_is_shared_by_the_run(start_judge, judge_config):
+    """Every request answers 500; max_total_retries=3: attempt 1 and retries 1-3 are sent, the
+    4th retry exceeds the budget: 4 requests, although one item alone may retry 8 times."""
+    server = start_judge(fail_500_every=1)
+    config = judge_config(server, concurrency=1, max_retries=8, max_total_retries=3)
+    with JudgeClient(config) as client, pytest.raises(JudgeCircuitOpen, match="retry budget"):
+        client.complete_many(generic_requests(3))
+    assert server.stats.requests == 4
+
+
+class _PauseHandler(_Handler):
+    """Request 1 waits until request 2 is in the server too, then gets a 429 (Retry-After 1 s).
+    Request 2 is held until the client has started its shared pause, then answered; every later
+    request is answered at once. (Polls with a 60 s deadline: order, not timing, is tested.)"""
+
+    def _answer(self, raw, number, config):
+        deadline = time.monotonic() + 60
+        if number == 1:
+            while self.server.stats.requests < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            self._send(429, _error("rate limited"), {"Retry-After": "1"})
+            return
+        if number == 2:
+            while self.server.client.limits.resume_at == 0 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        super()._answer(raw, number, config)
+
+
+def test_a_429_pauses_every_thread(start_judge, judge_config):
+    """Two threads. Thread A's request gets a 429 (Retry-After 1 s); thread B's request is in
+    the server meanwhile and succeeds once A's pause has begun. B's next request must then wait
+    for the shared pause: no request reaches the server before `resume_at`. (Before the shared
+    pause, B sent request 3 at once.) The wait comes from the client's own clock, so a slow
+    machine can only make requests later, never earlier."""
+    server = start_judge()
+    server.RequestHandlerClass = _PauseHandler
+    config = judge_config(server, concurrency=2, backoff_initial_s=0.01, backoff_max_s=5.0)
+    with JudgeClient(config) as client:
+        server.client = client
+        judgments = client.complete_many(generic_requests(3))
+    assert all(j.error is None for j in judgments)
+    assert server.stats.requests == 4 and server.stats.statuses == {429: 1, 200: 3}
+    resume_at = client.limits.resume_at
+    assert server.stats.arrivals[1] < resume_at  # request 2 was in the server before the pause
+    during_pause = [t for t in server.stats.arrivals[2:] if t < resume_at]
+    assert during_pause == []
+
+
+def test_stop_event_ends_retry_loops_promptly(start_judge, judge_config):
+    """Every request answers 429 with Retry-After 30: after the first one every thread waits 30 s
+    (its own backoff or the shared pause). Setting the stop event (what Ctrl-C and fatal errors do) ends the call at once: no further
+    request is sent, nothing is cached, and the call raises JudgeInterrupted."""
+    server = start_judge(fail_429_every=1, retry_after_s=30)
+    config = judge_config(server, concurrency=4, backoff_max_s=60, breaker_consecutive_429=None)
+    client = JudgeClient(config)
+
+    def interrupt_when_all_wait():
+        deadline = time.monotonic() + 60
+        while client.usage.retries < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client.interrupt()
+
+    helper = threading.Thread(target=interrupt_when_all_wait)
+    helper.start()
+    started = time.monotonic()
+    with pytest.raises(JudgeInterrupted):
+        client.complete_many(generic_requests(8))
+    helper.join()
+    assert time.monotonic() - started < 20  # the waits were 30 s each
+    assert 1 <= server.stats.requests <= 4  # nothing sent after the first 429's pause began
+    client.close()
+    assert len(JudgmentCache(config.cache_path)) == 0
+
+
+def test_ctrl_c_in_the_main_thread_returns_promptly(start_judge, judge_config):
+    """A real SIGINT while the threads sleep out a 30 s Retry-After: KeyboardInterrupt comes out
+    of complete_many at once and the worker threads end soon after (they wait on the stop event)."""
+    server = start_judge(fail_429_every=1, retry_after_s=30)
+    config = judge_config(server, concurrency=4, backoff_max_s=60, breaker_consecutive_429=None)
+    client = JudgeClient(config)
+
+    def ctrl_c_when_all_wait():
+        deadline = time.monotonic() + 60
+        while client.usage.retries < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    helper = threading.Thread(target=ctrl_c_when_all_wait)
+    helper.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        client.complete_many(generic_requests(8))
+    helper.join()
+    assert time.monotonic() - started < 20
+    assert client.limits.stop.is_set() and 1 <= server.stats.requests <= 4
+    client.close()
+
+
+class _FailMarkedHandler(_Handler):
+    """While `server.failing`, prompts containing FAILME get a 400 (not retryable)."""
+
+    def _answer(self, raw, number, config):
+        if self.server.failing and b"FAILME" in raw:
+            self._send(400, _error("bad request"))
+            return
+        super()._answer(raw, number, config)
+
+
+def test_failed_requests_fail_the_evaluation_and_a_rerun_requests_only_them(
+        start_judge, judge_config, tmp_path, alpaca_reference_path):
+    """6 AlpacaEval items, 2 of them marked to fail. The first run raises JudgeRequestsFailed
+    (so pipelines.run marks the stage failed) after caching the 4 successes; the rerun sends
+    exactly the 2 failed ones and succeeds."""
+    from evaluation.alpaca_eval import AlpacaEvalConfig, evaluate
+
+    references = json.loads(alpaca_reference_path.read_text())[:6]
+    outputs = [{"instruction": r["instruction"],
+                "output": r["output"] + (" FAILME" if i in (1, 4) else " extra words")}
+               for i, r in enumerate(references)]
+    server = start_judge()
+    server.RequestHandlerClass, server.failing = _FailMarkedHandler, True
+    config = AlpacaEvalConfig(reference_outputs=str(alpaca_reference_path),
+                              judge=judge_config(server, cache_path=None), allow_subset=True)
+    with pytest.raises(JudgeRequestsFailed, match=r"2 of 6 judge request\(s\) failed") as info:
+        evaluate(outputs, "toy-model", config, output_dir=tmp_path / "ae")
+    assert "400" in str(info.value) and "judge_cache.jsonl" in str(info.value)
+    assert server.stats.requests == 6
+    assert len(JudgmentCache(tmp_path / "ae" / "judge_cache.jsonl")) == 4  # failures not cached
+    assert not (tmp_path / "ae" / "summary.json").exists()
+
+    server.failing = False
+    result = evaluate(outputs, "toy-model", config, output_dir=tmp_path / "ae")
+    assert server.stats.requests == 6 + 2
+    assert result.summary["usage"]["cache_hits"] == 4 and result.summary["n_total"] == 6
+
+
+def test_endpoint_is_part_of_the_cache_key(start_judge, judge_config):
+    """The same prompt to two servers is two requests, even through one cache file."""
+    first, second = start_judge(), start_judge()
+    request = generic_requests(1)
+    for server in (first, second, first):
+        with JudgeClient(judge_config(server)) as client:
+            client.complete_many(request)
+    assert (first.stats.requests, second.stats.requests) == (1, 1)
+
+
+def test_two_processes_share_one_cache_without_torn_lines(tmp_path):
+    """Two processes append 300 records of 8 kB each while this one keeps loading the file:
+    with the lock no load ever sees a partial line, and every record arrives whole."""
+    path = str(tmp_path / "cache.jsonl")
+    context = multiprocessing.get_context("fork")  # the child only runs already-imported code
+    writers = [context.Process(target=append_records, args=(path, w, 300, 8_000))
+               for w in (0, 1)]
+    for process in writers:
+        process.start()
+    loads = 0
+    while any(process.is_alive() for process in writers) or loads == 0:
+        assert JudgmentCache(path).n_corrupt_lines == 0
+        loads += 1
+        time.sleep(0.01)  # leave the CPU to the writers
+    for process in writers:
+        process.join()
+        assert process.exitcode == 0
+    final = JudgmentCache(path)
+    assert len(final) == 600 and final.n_corrupt_lines == 0
+    assert all(r["content"] == r["key"][0] * 8_000 for r in final._records.values())
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(base_url="https://proxy.example.com/v1"), "must be set explicitly"),
+    (dict(base_url="http://api.openai.com/v1"), "must be set explicitly"),
+    (dict(base_url="http://judge.example.com/v1", api_key_env="JUDGE_KEY"), "unencrypted"),
+    (dict(base_url="http://10.0.0.5:8000/v1", api_key_env="JUDGE_KEY"), "unencrypted"),
+    (dict(base_url="judge.example.com", api_key_env=None), "http"),
+])
+def test_key_rules_refuse_to_send_a_key_where_it_must_not_go(settings, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        JudgeConfig(**settings)
+    assert "judge." in str(info.value)
+
+
+@pytest.mark.parametrize("settings, variable", [
+    (dict(), "OPENAI_API_KEY"),  # OpenAI's endpoint: the default key
+    (dict(base_url="https://proxy.example.com/v1", api_key_env="PROXY_KEY"), "PROXY_KEY"),
+    (dict(base_url="http://127.0.0.1:8000/v1", api_key_env="LOCAL_KEY"), "LOCAL_KEY"),
+    (dict(base_url="http://localhost:8000/v1", api_key_env="LOCAL_KEY"), "LOCAL_KEY"),
+    (dict(base_url="http://[::1]:8000/v1", api_key_env="LOCAL_KEY"), "LOCAL_KEY"),
+    (dict(base_url="http://judge.example.com/v1", api_key_env=None), None),  # keyless
+])
+def test_key_rules_allow_openai_explicit_keys_loopback_and_keyless(settings, variable):
+    assert JudgeConfig(**settings).key_env() == variable
+
+
+def test_run_configs_with_judges_still_load():
+    """The fixture judge of pipelines.run and configs/evaluate_tiny.yaml: loopback, keyless."""
+    from orpo.config import load_config
+    from pipelines.config import Config
+    from pipelines.run import evaluation_config
+
+    cfg = load_config(Config, "configs/evaluate_tiny.yaml")
+    assert cfg.evaluation.judge.key_env() is None
+    quickstart = load_config(Config, "configs/quickstart.yaml")
+    evaluated = evaluation_config(quickstart, quickstart.methods[0], Path("runs/x"), "http://127.0.0.1:1/v1")
+    assert evaluated.evaluation.judge.key_env() is None
+    with pytest.raises(ConfigError, match="api_key_env"):
+        load_config(Config, "configs/evaluate_tiny.yaml",
+                    ["evaluation.judge.api_key_env=auto"])
+
+
+def test_evaluation_stage_fails_on_judge_errors_and_rerun_sends_only_those(
+        start_judge, judge_config, tmp_path, alpaca_reference_path, monkeypatch):
+    """pipelines.evaluate with generation stubbed out (4 AlpacaEval answers on disk, 1 marked to
+    fail): the stage raises, so pipelines.run's manifest marks it failed, and writes no summary;
+    the rerun sends 1 request and writes both summaries."""
+    import pipelines.evaluate as stage
+    from orpo.config import load_config
+    from pipelines.config import Config
+
+    references = json.loads(alpaca_reference_path.read_text())[:4]
+    generations = tmp_path / "alpaca.jsonl"
+    generations.write_text("".join(
+        json.dumps({"instruction": r["instruction"], "output": r["output"] + (" FAILME" if i == 2 else " more")})
+        + "\n" for i, r in enumerate(references)))
+    monkeypatch.setattr(stage, "generate", lambda cfg, out: {"alpaca_eval": generations})
+    monkeypatch.setattr(stage, "resolve_model_path", lambda model, out: "toy-model")
+    server = start_judge()
+    server.RequestHandlerClass, server.failing = _FailMarkedHandler, True
+    judge = judge_config(server)
+    cfg = load_config(Config, "configs/evaluate_tiny.yaml", [
+        f"output_dir={tmp_path / 'eval'}", f"evaluation.judge.base_url={judge.base_url}",
+        f"evaluation.judge.api_key_env={judge.api_key_env}",
+        f"evaluation.alpaca_eval.reference_outputs={alpaca_reference_path}"])
+    with pytest.raises(JudgeRequestsFailed, match=r"1 of 4"):
+        stage.evaluate(cfg)
+    assert not (tmp_path / "eval" / "summary.json").exists()
+    assert server.stats.requests == 4
+
+    server.failing = False
+    summary = stage.evaluate(cfg)
+    assert server.stats.requests == 5 and summary["alpaca_eval"]["n_total"] == 4
+    assert (tmp_path / "eval" / "summary.json").exists()
