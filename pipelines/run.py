@@ -86,6 +86,12 @@ class Manifest:
             if self.data.get("config_hash") != digest:
                 raise ValueError(f"{run_dir} was made with a different config; use another output_dir "
                                  "or delete the run directory to start over")
+            inputs = input_hashes(cfg)  # rechecked at every resume: data files can change under a run
+            if self.data.get("inputs") != inputs:
+                recorded = self.data.get("inputs") or {}
+                changed = sorted(k for k in set(recorded) | set(inputs) if recorded.get(k) != inputs.get(k))
+                raise ValueError(f"{run_dir} was made from other input data ({', '.join(changed)} changed); "
+                                 "use another output_dir or delete the run directory to start over")
         else:
             self.data = {"name": cfg.name, "config_hash": digest, "config": to_dict(cfg), "versions": versions(),
                          "hardware": hardware(), "inputs": input_hashes(cfg),

@@ -138,3 +138,21 @@ def test_a_changed_sweep_does_not_resume_the_old_one(tmp_path):
     changed = replace_values(cfg, {"sweep.space": {"loss.lam": {"grid": [0.5, 1.0]}}})
     with pytest.raises(ValueError, match="sweep.space.loss.lam.grid changed"):
         claim_output_dir(to_dict(changed), tmp_path, extra_keys=("sweep",))
+
+
+def test_a_resumed_run_rechecks_its_input_files(tmp_path):
+    """`pipelines.run` recorded the input hashes once and never rechecked them: a resumed run
+    silently mixed stages made from the old data with stages made from the new."""
+    import json
+
+    from pipelines.run import Manifest
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    cfg = replace_values(Config(), {"data.source": str(data), "output_dir": str(tmp_path / "run")})
+    (tmp_path / "run").mkdir()
+    Manifest(tmp_path / "run", cfg)
+    Manifest(tmp_path / "run", cfg)  # unchanged: resumes
+    data.write_text(data.read_text() + json.dumps({"prompt": "q", "chosen": "c", "rejected": "d"}) + "\n")
+    with pytest.raises(ValueError, match=f"other input data \\({data}"):
+        Manifest(tmp_path / "run", cfg)
