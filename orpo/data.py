@@ -47,6 +47,7 @@ class RejectReason(str, enum.Enum):
     NO_RESPONSE_TOKENS = "no_response_tokens"
     NOT_UTF8 = "not_utf8"
     NOT_JSON = "not_json"
+    RECORD_TOO_LARGE = "record_too_large"
 
 
 @dataclass(frozen=True)

@@ -52,13 +52,14 @@ def source_label(source: str, split: str, file: str | None = None) -> str:
 
 
 def load_labeled_records(source: str, split: str = "train", revision: str | None = None,
-                         synthetic_size: int = 2000, seed: int = 0, limit: int | None = None
-                         ) -> list[tuple[str, int, Any]]:
+                         synthetic_size: int = 2000, seed: int = 0, limit: int | None = None,
+                         max_record_bytes: int | None = None) -> list[tuple[str, int, Any]]:
     """``(source label, row, record)`` for every record of ``source``, in source order.
 
     ``row`` is the record's position in its file (non-blank JSONL lines, JSON list items,
     Parquet rows) or dataset; ``limit`` keeps the first N. Records are returned as read:
-    a row that is not a JSON object is the tokenizer's to reject, not this reader's to drop.
+    a row that is not a JSON object is the tokenizer's to reject, not this reader's to drop; a
+    JSONL line over ``max_record_bytes`` is not even parsed (it becomes an ``UnreadableRecord``).
     """
     if is_synthetic(source):
         labeled = [(SYNTHETIC, row, r) for row, r in enumerate(make_preference_records(synthetic_size, seed))]
@@ -74,13 +75,13 @@ def load_labeled_records(source: str, split: str = "train", revision: str | None
         labeled = []
         for file in expand_files(source):
             label = source_label(source, split, file)
-            labeled.extend((label, row, r) for row, r in enumerate(_read_file(file)))
+            labeled.extend((label, row, r) for row, r in enumerate(_read_file(file, max_record_bytes)))
             if limit is not None and len(labeled) >= limit:
                 break
     return labeled[:limit] if limit is not None else labeled
 
 
-def _read_file(file: str) -> list[Any]:
+def _read_file(file: str, max_record_bytes: int | None = None) -> list[Any]:
     if file.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -92,11 +93,13 @@ def _read_file(file: str) -> list[Any]:
             raise ValueError(f"{file}: not a UTF-8 JSON document: {error}") from None
         return data if isinstance(data, list) else [data]
     with open(file, "rb") as f:
-        return [parse_jsonl_line(line) for line in f if line.strip()]
+        return [parse_jsonl_line(line, max_record_bytes) for line in f if line.strip()]
 
 
-def parse_jsonl_line(line: bytes) -> Any:
+def parse_jsonl_line(line: bytes, max_record_bytes: int | None = None) -> Any:
     """One JSONL line as a value, or an ``UnreadableRecord`` saying why it is not one."""
+    if max_record_bytes is not None and len(line.rstrip(b"\r\n")) > max_record_bytes:
+        return too_large(len(line.rstrip(b"\r\n")), max_record_bytes)
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -105,3 +108,8 @@ def parse_jsonl_line(line: bytes) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as error:
         return UnreadableRecord(RejectReason.NOT_JSON, f"not valid JSON: {error}")
+
+
+def too_large(size: int, limit: int) -> UnreadableRecord:
+    return UnreadableRecord(RejectReason.RECORD_TOO_LARGE,
+                            f"the record is {size} bytes, over data.max_record_bytes={limit}")

@@ -43,7 +43,8 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, output_dir: Path) -> tuple[Tok
     sets = {"train": TokenizedBatch(), "eval": TokenizedBatch()}
     read = 0
     for source, split, eval_fraction in data_sources(cfg):
-        labeled = load_labeled_records(source, split, cfg.revision, cfg.synthetic_size, cfg.seed, cfg.limit)
+        labeled = load_labeled_records(source, split, cfg.revision, cfg.synthetic_size, cfg.seed, cfg.limit,
+                                       cfg.max_record_bytes)
         read += len(labeled)
         for label, row, record in labeled:
             part = sets[assign_split(label, row, eval_fraction, cfg.seed)]

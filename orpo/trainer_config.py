@@ -94,8 +94,12 @@ class DataConfig:
     """Batch pairs of similar length together to cut padding."""
     seed: int = 0
     """Seed for the shuffle and the train/eval split."""
+    max_record_bytes: int = 8 * 1024 * 1024
+    """Records larger than this (as JSON) are rejected before tokenizing (``record_too_large``):
+    one runaway row must not exhaust a worker's memory. Far above any pair that fits ``max_length``."""
 
     def __post_init__(self) -> None:
+        require(self.max_record_bytes > 0, "data.max_record_bytes", "must be > 0", self.max_record_bytes)
         require(0.0 <= self.eval_fraction < 1.0, "data.eval_fraction", "must be in [0, 1)", self.eval_fraction)
         require(self.synthetic_size > 0, "data.synthetic_size", "must be > 0", self.synthetic_size)
         require(self.limit is None or self.limit > 0, "data.limit", "must be > 0 or unset", self.limit)

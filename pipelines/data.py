@@ -38,7 +38,7 @@ from orpo.data import (
     normalize_record,
     tokenize_pair,
 )
-from orpo.sources import HUB_PREFIX, expand_files, is_synthetic, source_label
+from orpo.sources import HUB_PREFIX, expand_files, is_synthetic, source_label, too_large
 from orpo.synthetic import make_preference_records, write_jsonl
 from orpo.trainer_config import DataConfig
 from pipelines.config import DataPipelineSettings
@@ -169,7 +169,8 @@ def _tokenizer(path: str, trust_remote_code: bool) -> Any:
 
 
 def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, trust_remote_code: bool,
-                   spec: dict, columns: dict, eval_fraction: float, seed: int) -> dict[str, list]:
+                   spec: dict, columns: dict, eval_fraction: float, seed: int,
+                   max_record_bytes: int = 8 * 1024 * 1024) -> dict[str, list]:
     """``map_batches`` UDF: every input row becomes exactly one output row (an example or a reject)."""
     tokenizer = _tokenizer(tokenizer_path, trust_remote_code)
     spec_, columns_ = TokenizeSpec(**spec), Columns(**columns)
@@ -179,6 +180,10 @@ def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, trust_remo
     for record_json, source, row in zip(batch["record_json"], batch["source"], batch["row"]):
         source, row = str(source), int(row)
         try:
+            size = len(record_json.encode("utf-8"))
+            if size > max_record_bytes:  # before parsing: one runaway row must not exhaust the worker
+                unread = too_large(size, max_record_bytes)
+                raise RecordError(row, "<record>", unread.reason, unread.detail)
             try:
                 record = json.loads(record_json)
             except json.JSONDecodeError as error:
@@ -274,7 +279,7 @@ def preprocess(cfg: DataConfig, pipeline: DataPipelineSettings, tokenizer_path: 
             concurrency=pipeline.max_tasks_in_flight,
             fn_kwargs=dict(tokenizer_path=tokenizer_path, trust_remote_code=trust_remote_code,
                            spec=asdict(cfg.tokenize_spec()), columns=asdict(cfg.columns),
-                           eval_fraction=eval_fraction, seed=cfg.seed),
+                           eval_fraction=eval_fraction, seed=cfg.seed, max_record_bytes=cfg.max_record_bytes),
         ).write_parquet(str(partial / f"part{number}"), partition_cols=["split"],
                         max_rows_per_file=pipeline.rows_per_file)
     partial.rename(tokenized)

@@ -127,27 +127,29 @@ def test_a_torn_last_metrics_line_is_repaired(tmp_path):
 
 def test_bad_bytes_and_bad_rows_are_rejects_under_both_launchers(tmp_path, tiny_model_dir, tiny_tokenizer, local_ray):
     """A non-UTF-8 byte used to abort the whole read (a UnicodeDecodeError naming neither file nor
-    line), and in one process a row that is `null` or a number raised a TypeError. Every such row
-    is now a reject with its source, line and reason, and both launchers reject the same rows."""
+    line), and in one process a row that is `null` or a number raised a TypeError; a 50 MB row was
+    tokenized whole. Every such row is now a reject with its source, line and reason, and both
+    launchers reject the same rows."""
     from orpo.train_local import prepare_data
 
     good = [json.dumps(r).encode() for r in make_preference_records(12, seed=2)]
     bad = [b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}', b"null", b"42", b"[1, 2]", b'"text"',
            b"{broken", json.dumps({"prompt": "p", "chosen": ["x"], "rejected": "r"}).encode()]
-    (tmp_path / "mixed.jsonl").write_bytes(b"\n".join(good[:6] + bad + good[6:]) + b"\n")
+    huge = json.dumps({"prompt": "p", "chosen": "x" * (50 << 20), "rejected": "r"}).encode()  # a 50 MB row
+    (tmp_path / "mixed.jsonl").write_bytes(b"\n".join(good[:6] + bad + good[6:] + [huge]) + b"\n")
     cfg = DataConfig(source=str(tmp_path / "mixed.jsonl"), eval_fraction=0.2, max_length=256, max_prompt_length=128)
     stats = data_pipeline.preprocess(cfg, DataPipelineSettings(), str(tiny_model_dir), False, tmp_path / "ray")
-    assert (stats["read"], stats["accepted"], stats["rejected"]) == (19, 12, 7)
+    assert (stats["read"], stats["accepted"], stats["rejected"]) == (20, 12, 8)
     ray_rejects = [json.loads(x) for x in (tmp_path / "ray" / "rejects.jsonl").read_text().splitlines()]
     reasons = {r["index"]: r["reason"] for r in ray_rejects}
     assert reasons == {6: "not_utf8", 7: "wrong_type", 8: "wrong_type", 9: "wrong_type", 10: "wrong_type",
-                       11: "not_json", 12: "wrong_type"}
+                       11: "not_json", 12: "wrong_type", 19: "record_too_large"}
     assert all(r["source"].endswith("mixed.jsonl") and r["detail"] for r in ray_rejects)
 
     (tmp_path / "local").mkdir()
     _, _, local_stats = prepare_data(cfg, tiny_tokenizer, tmp_path / "local")
     local_rejects = [json.loads(x) for x in (tmp_path / "local" / "rejects.jsonl").read_text().splitlines()]
-    assert {k: local_stats[k] for k in ("read", "accepted", "rejected")} == {"read": 19, "accepted": 12, "rejected": 7}
+    assert {k: local_stats[k] for k in ("read", "accepted", "rejected")} == {"read": 20, "accepted": 12, "rejected": 8}
     key = lambda r: (r["source"], r["index"], r["reason"], r["field"])  # noqa: E731
     assert sorted(map(key, local_rejects)) == sorted(map(key, ray_rejects))
 
