@@ -372,12 +372,9 @@ class JudgeClient:
                                    reason=f" (breaker: {self.limits.tripped})")
         self.limits.stop.clear()
         pool = ThreadPoolExecutor(max_workers=self.config.concurrency)
-        futures: dict[Future[Judgment], str] = {
-            pool.submit(self._request_with_retries, requests[indices[0]], key): key
-            for key, indices in pending.items()
-        }
+        futures: dict[Future[Judgment], str] = {}
         first_error: BaseException | None = None
-        bar = tqdm(total=len(futures), desc=desc, disable=not self.config.progress)
+        bar = tqdm(total=len(pending), desc=desc, disable=not self.config.progress)
 
         def store(judgment: Judgment, key: str) -> None:
             bar.update()
@@ -386,7 +383,9 @@ class JudgeClient:
             for index in pending[key]:
                 results[index] = judgment
 
-        try:
+        try:  # submitting inside: a Ctrl-C that lands while submitting still stops every thread
+            for key, indices in pending.items():
+                futures[pool.submit(self._request_with_retries, requests[indices[0]], key)] = key
             for future in as_completed(futures):
                 if future.cancelled():
                     continue
