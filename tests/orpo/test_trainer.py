@@ -113,7 +113,9 @@ def test_run_writes_metrics_rejects_and_a_loadable_export(tmp_path, tiny_model_d
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = _cfg(tmp_path / "run", f"model.name_or_path={tiny_model_dir}", f"data.source={data}",
                "loop.max_steps=3", "loop.micro_batch_size=4", "loop.global_batch_size=4",
-               "model.gradient_checkpointing=true")
+               "model.gradient_checkpointing=true", "data.eval_fraction=0.5")
+    # The split hashes the source path (tmp_path), so 5% of 40 records is empty one run in eight;
+    # at one half, an empty eval split has odds 2**-40.
     ctx = run(cfg, echo=False)
     stats = json.loads((tmp_path / "run" / "data_stats.json").read_text())
     assert stats["read"] == 42 and stats["accepted"] == 40 and stats["rejected"] == 2
