@@ -376,16 +376,22 @@ class JudgeClient:
         first_error: BaseException | None = None
         bar = tqdm(total=len(pending), desc=desc, disable=not self.config.progress)
 
+        def fetch(key: str) -> Judgment:
+            request = requests[pending[key][0]]
+            judgment = self._request_with_retries(request, key)
+            if judgment.error is None and self.cache is not None:
+                # Cached here, the moment it arrives: a killed driver loses only what was in the air.
+                self.cache.put(_record_from(judgment, request, self.config))
+            return judgment
+
         def store(judgment: Judgment, key: str) -> None:
             bar.update()
-            if judgment.error is None and self.cache is not None:
-                self.cache.put(_record_from(judgment, requests[pending[key][0]], self.config))
             for index in pending[key]:
                 results[index] = judgment
 
         try:  # submitting inside: a Ctrl-C that lands while submitting still stops every thread
-            for key, indices in pending.items():
-                futures[pool.submit(self._request_with_retries, requests[indices[0]], key)] = key
+            for key in pending:
+                futures[pool.submit(fetch, key)] = key
             for future in as_completed(futures):
                 if future.cancelled():
                     continue
@@ -404,7 +410,7 @@ class JudgeClient:
             # in-flight requests: their answers are lost, everything received is in the cache.
             self.limits.stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
-            for future, key in futures.items():  # answers that arrived meanwhile are kept too
+            for future, key in futures.items():  # answers that arrived meanwhile count too
                 done = future.done() and not future.cancelled() and future.exception() is None
                 if done and results[pending[key][0]] is None:
                     store(future.result(), key)

@@ -7,7 +7,6 @@ The loop is written against ``TrainContext``; ``LocalContext`` runs it in a plai
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
+
+from orpo.metrics_log import MetricsLog
 
 
 class TrainContext(Protocol):
@@ -58,6 +59,7 @@ class LocalContext:
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.device = torch.device(device)
         self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.metrics_log = MetricsLog(self.metrics_path)
         self.history: list[dict[str, float]] = []
         self.checkpoints: list[Path] = []
         self.echo = echo
@@ -65,8 +67,7 @@ class LocalContext:
 
     def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:
         self.history.append(dict(metrics))
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        self.metrics_log.append(metrics)
         if checkpoint is not None:
             self.checkpoints.append(Path(checkpoint))
         if self.echo:

@@ -34,6 +34,7 @@ from ray.train.v2.api.callback import UserCallback
 from orpo.config import from_dict, load_config, to_dict
 from orpo.context import format_metrics
 from orpo.job import TrainingJob, attach_engine, build_job, claim_output_dir, export_trained, seed_for_training
+from orpo.metrics_log import MetricsLog
 from orpo.modeling import load_tokenizer, resolve_model_path
 from orpo.trainer import LoopInputs, train
 from pipelines import data as data_pipeline
@@ -77,7 +78,7 @@ class MetricsWriter(UserCallback):
     """On the controller: append rank 0's metrics to ``metrics.jsonl``, print them, feed trackers."""
 
     def __init__(self, output_dir: str, tracking: dict[str, Any]):
-        self.path = Path(output_dir) / "metrics.jsonl"
+        self.log = MetricsLog(Path(output_dir) / "metrics.jsonl")  # a resumed run's repeated steps replace the old
         self.tracking = tracking
         self.start = time.time()
         self._writers: list[Any] | None = None
@@ -86,8 +87,7 @@ class MetricsWriter(UserCallback):
         row = dict(metrics[0])
         if "exported" in row:
             return  # the export report carries no training metrics
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        self.log.append(row)
         print(format_metrics(row, time.time() - self.start), flush=True)
         for log in self._trackers():
             log(row)
@@ -96,7 +96,7 @@ class MetricsWriter(UserCallback):
         if self._writers is None:
             from pipelines.tracking import make_trackers
 
-            self._writers = make_trackers(self.tracking, self.path.parent)
+            self._writers = make_trackers(self.tracking, self.log.path.parent)
         return self._writers
 
 
@@ -208,7 +208,6 @@ def run(cfg: Config, callbacks: list[UserCallback] | tuple = ()) -> dict[str, An
     output_dir.mkdir(parents=True, exist_ok=True)
     claim_output_dir(to_dict(cfg), output_dir)  # a rerun with other settings must not resume this one
     (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    repair_jsonl(output_dir / "metrics.jsonl")  # a driver killed mid-write leaves a torn last line
     init_ray(cfg)
     check_placement(cfg, ray.cluster_resources())
     model_path = resolve_model_path(cfg.model, output_dir)
@@ -261,22 +260,6 @@ def run(cfg: Config, callbacks: list[UserCallback] | tuple = ()) -> dict[str, An
     return {"output_dir": output_dir, "export_dir": export_dir, "checkpoints": result.path, "stats": stats,
             "metrics": final}
 
-
-def repair_jsonl(path: Path) -> None:
-    """Cut a torn last line (a process killed mid-append) so appends and reads go on cleanly."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    keep = data.rfind(b"\n") + 1
-    if keep < len(data):
-        try:
-            json.loads(data[keep:])
-        except ValueError:
-            with path.open("r+b") as f:
-                f.truncate(keep)
-        else:
-            with path.open("ab") as f:
-                f.write(b"\n")  # whole, but unterminated: the next append must start a new line
 
 
 def run_info(cfg: Config, export_dir: Path, wall_s: float, tokens: float) -> dict[str, Any]:

@@ -112,19 +112,6 @@ def test_streams_a_dataset_several_times_larger_than_the_object_store(tmp_path, 
     assert result["read"] == 15000 and result["accepted"] == 15000
 
 
-def test_a_torn_last_metrics_line_is_repaired(tmp_path):
-    """A driver killed mid-append leaves half a JSON line; the resumed run must not crash on it."""
-    from pipelines.train import repair_jsonl
-
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
-    repair_jsonl(path)
-    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
-    path.write_text('{"step": 1}')
-    repair_jsonl(path)
-    assert path.read_text() == '{"step": 1}\n'
-
-
 def test_bad_bytes_and_bad_rows_are_rejects_under_both_launchers(tmp_path, tiny_model_dir, tiny_tokenizer, local_ray):
     """A non-UTF-8 byte used to abort the whole read (a UnicodeDecodeError naming neither file nor
     line), and in one process a row that is `null` or a number raised a TypeError; a 50 MB row was

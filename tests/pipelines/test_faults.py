@@ -27,8 +27,8 @@ DRIVER = os.getpid()
 """
 
 
-def _run(script: str, budget_s: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(PRELUDE) + textwrap.dedent(script)],
+def _run(script: str, budget_s: int = 900, prelude: str = PRELUDE) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(prelude) + textwrap.dedent(script)],
                           capture_output=True, text=True, timeout=budget_s, check=False)
 
 
@@ -107,3 +107,49 @@ gen.generate(cfg)
     assert sorted(r["key"] for r in records) == list(range(100, 112))  # every prompt, exactly once
     runs = json.loads((tmp_path / "gen" / "ifeval.meta.json").read_text())["runs"]
     assert runs[-1]["reused"] == len(partial) and runs[-1]["generated"] == 12 - len(partial)
+
+
+def test_driver_killed_mid_training_then_rerun_resumes_and_writes_each_step_once(tmp_path, tiny_model_dir):
+    """The rerun of the same command resumes from the last checkpoint Ray Train registered (step 3),
+    and the steps the killed driver had written after it (4, 5) are replaced, not repeated."""
+    out = tmp_path / "train"
+    call = f"""
+import os, signal
+from pathlib import Path
+from ray.train.v2.api.callback import UserCallback
+from orpo.config import load_config
+from pipelines import train as tr
+from pipelines.config import Config
+cfg = load_config(Config, "configs/tiny_cpu.yaml", [
+    "output_dir={out}", "model.name_or_path={tiny_model_dir}", "data.synthetic_size=400",
+    "loop.max_steps=8", "loop.save_steps=3", "loop.logging_steps=1", "loop.eval_steps=null",
+    "loop.eval_at_start=false"])
+"""
+    killed = _run(call + """
+class KillTheDriverAt(UserCallback):
+    # Runs on the Ray Train controller after metrics.jsonl took the row: the driver dies there.
+    def __init__(self, driver):
+        self.driver = driver
+    def after_report(self, run_context, metrics, checkpoint):
+        if metrics[0].get("step") == 5:
+            os.kill(self.driver, signal.SIGKILL)
+tr.run(cfg, callbacks=[KillTheDriverAt(os.getpid())])
+print("NOT KILLED")
+""", prelude="")
+    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 5 and not (out / "export").exists()
+
+    rerun = _run(call + f"""
+class RecordSteps(UserCallback):
+    def after_report(self, run_context, metrics, checkpoint):
+        with open({str(tmp_path / "rerun_steps.txt")!r}, "a") as f:
+            f.write(str(metrics[0].get("step")) + "\\n")
+tr.run(cfg, callbacks=[RecordSteps()])
+""", prelude="")
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+    reported = (tmp_path / "rerun_steps.txt").read_text().split()
+    assert reported[:5] == ["4", "5", "6", "7", "8"]  # resumed after the step-3 checkpoint, not from scratch
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # each step once: rows 4 and 5 of the killed attempt replaced
+    assert (out / "export" / "model.safetensors").exists()
