@@ -26,6 +26,8 @@ class TrainContext(Protocol):
     """Where this worker writes checkpoints before reporting them."""
     restore_dir: Path | None
     """The checkpoint to resume from: a restarted run's latest, or ``checkpoint.resume_from``."""
+    restarted: bool
+    """``restore_dir`` is this job's own latest checkpoint (a restart), not a new job's start."""
 
     def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:
         """Publish metrics (identical on every rank), optionally with a checkpoint directory."""
@@ -50,6 +52,7 @@ class LocalContext:
 
     rank = 0
     world_size = 1
+    restarted = False  # a local job restores only from checkpoint.resume_from
 
     def __init__(self, output_dir: str | Path, device: torch.device | str = "cpu", echo: bool = True,
                  restore_dir: Path | None = None):

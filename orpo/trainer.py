@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ class TrainState:
     epoch: int = 0
     micro_batches_in_epoch: int = 0
     tokens_seen: float = 0.0
+    reported_since_checkpoint: list[dict[str, Any]] = field(default_factory=list)
+    """Rows reported after the previous checkpoint, up to and with this one's: a restart reports
+    them again, since the killed attempt may have persisted the checkpoint but not its rows."""
 
 
 @dataclass
@@ -89,6 +92,10 @@ def train(cfg: TrainSections, ctx: TrainContext, engine: Engine, inputs: LoopInp
     state = TrainState()
     if ctx.restore_dir is not None:
         state = restore_checkpoint(ctx, engine, Path(ctx.restore_dir))
+        if ctx.restarted:  # this job's own checkpoint: no row up to it may go missing
+            for row in state.reported_since_checkpoint:
+                ctx.report(row)
+        state.reported_since_checkpoint = []
     accumulation = cfg.loop.accumulation_steps(ctx.world_size)
     last_step = cfg.loop.total_steps(inputs.steps_per_epoch)
     window, window_start, window_tokens = MetricSums(), time.perf_counter(), 0.0
@@ -97,7 +104,8 @@ def train(cfg: TrainSections, ctx: TrainContext, engine: Engine, inputs: LoopInp
 
     per_epoch = inputs.steps_per_epoch * accumulation
     if inputs.eval_batches is not None and cfg.loop.eval_at_start and state.step == 0:
-        ctx.report({"step": 0, **evaluate(cfg, ctx, engine.module, inputs)})
+        state.reported_since_checkpoint.append({"step": 0, **evaluate(cfg, ctx, engine.module, inputs)})
+        ctx.report(state.reported_since_checkpoint[-1])
     while state.step < last_step and state.epoch < cfg.loop.epochs:
         # Resuming mid-epoch skips what the checkpointed run already consumed.
         epoch_batches = iter(inputs.train_batches(state.epoch))
@@ -135,11 +143,17 @@ def train(cfg: TrainSections, ctx: TrainContext, engine: Engine, inputs: LoopInp
             if inputs.eval_batches is not None and (
                     done or (cfg.loop.eval_steps and state.step % cfg.loop.eval_steps == 0)):
                 report = {**(report or {"step": state.step}), **evaluate(cfg, ctx, engine.module, inputs)}
+            save = done or bool(cfg.loop.save_steps and state.step % cfg.loop.save_steps == 0)
+            if save and report is None:
+                report = {"step": state.step}
             checkpoint = None
-            if done or (cfg.loop.save_steps and state.step % cfg.loop.save_steps == 0):
+            if report is not None:
+                state.reported_since_checkpoint.append(report)
+            if save:
                 checkpoint = save_checkpoint(ctx, engine, state)
-            if report is not None or checkpoint is not None:
-                ctx.report(report or {"step": state.step}, checkpoint=checkpoint)
+                state.reported_since_checkpoint = []
+            if report is not None:
+                ctx.report(report, checkpoint=checkpoint)
             if done:
                 return state
         for _ in epoch_batches:

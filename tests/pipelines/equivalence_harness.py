@@ -113,7 +113,7 @@ class MatrixContext:
         self.rank, self.world_size = rank, world_size
         self.device = torch.device("cpu")
         self.checkpoint_dir = checkpoint_dir
-        self.restore_dir = None
+        self.restore_dir, self.restarted = None, False
         self.history: list[dict[str, float]] = []
 
     def report(self, metrics: dict[str, float], checkpoint: Path | None = None) -> None:

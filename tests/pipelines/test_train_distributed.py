@@ -85,7 +85,7 @@ class KillAWorkerAt(UserCallback):
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         with self.reported.open("a") as f:  # every report the controller took, repeats included
-            f.write(f"{metrics[0].get('step', 0)}\n")
+            f.write(f"{metrics[0].get('step', 0)} {int(checkpoint is not None)}\n")
         if self.killed_pid is not None or metrics[0].get("step", 0) < self.step:
             return
         from ray.util.state import list_actors
@@ -101,11 +101,12 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, tiny_model_dir, data_di
     reported = tmp_path / "reported_steps.txt"
     run(_cfg(out, tiny_model_dir, data_dir, "loop.max_steps=12", "loop.save_steps=4", "checkpoint.max_failures=2"),
         callbacks=[KillAWorkerAt(6, ray.get_runtime_context().gcs_address, reported)])
-    # Steps after the last checkpoint before the kill (4 or 8) are reported twice: the restart
-    # resumed there, not from step 0 ...
-    seen = [int(x) for x in reported.read_text().split()]
-    restart = next(i for i in range(1, len(seen)) if seen[i] <= seen[i - 1])
-    assert seen[restart] in (5, 9) and seen[-1] == 12
+    # The restart resumed from the last checkpoint (4 or 8), not from step 0: it first reports
+    # again the rows up to that checkpoint (without one), and its first checkpoint is the next.
+    seen = [tuple(map(int, line.split())) for line in reported.read_text().splitlines()]
+    restart = next(i for i in range(1, len(seen)) if seen[i][0] <= seen[i - 1][0])
+    assert seen[restart][0] in (1, 5) and seen[-1][0] == 12
+    assert next(step for step, has in seen[restart:] if has) in (8, 12)
     # ... and metrics.jsonl holds each step once, the resumed attempt's rows replacing the old.
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))
