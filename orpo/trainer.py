@@ -91,13 +91,15 @@ def train(cfg: TrainSections, ctx: TrainContext, engine: Engine, inputs: LoopInp
         state = restore_checkpoint(ctx, engine, Path(ctx.restore_dir))
     accumulation = cfg.loop.accumulation_steps(ctx.world_size)
     last_step = cfg.loop.total_steps(inputs.steps_per_epoch)
-    window, window_start, window_tokens = MetricSums(), time.perf_counter(), 0.0
     grad_norms: list[float] = []
     engine.module.train()
 
     per_epoch = inputs.steps_per_epoch * accumulation
     if inputs.eval_batches is not None and cfg.loop.eval_at_start and state.step == 0:
         ctx.report({"step": 0, **evaluate(cfg, ctx, engine.module, inputs)})
+    # tokens_per_s times training only: eval, checkpoint saves and reports (under Ray Train a report
+    # blocks until the controller takes it) are taken out of the window they fall in.
+    window, window_start, window_tokens = MetricSums(), time.perf_counter(), 0.0
     while state.step < last_step and state.epoch < cfg.loop.epochs:
         # Resuming mid-epoch skips what the checkpointed run already consumed.
         epoch_batches = iter(inputs.train_batches(state.epoch))
@@ -131,7 +133,8 @@ def train(cfg: TrainSections, ctx: TrainContext, engine: Engine, inputs: LoopInp
                 report = window.reduce(ctx.device)
                 report.update(step=state.step, epoch=state.epoch, lr=lr, tokens_per_s=tokens / max(elapsed, 1e-9),
                               grad_norm=sum(grad_norms) / len(grad_norms), tokens_seen=state.tokens_seen)
-                window, window_start, window_tokens, grad_norms = MetricSums(), time.perf_counter(), 0.0, []
+                window, window_tokens, grad_norms = MetricSums(), 0.0, []
+            side_start = time.perf_counter()
             if inputs.eval_batches is not None and (
                     done or (cfg.loop.eval_steps and state.step % cfg.loop.eval_steps == 0)):
                 report = {**(report or {"step": state.step}), **evaluate(cfg, ctx, engine.module, inputs)}
@@ -140,6 +143,10 @@ def train(cfg: TrainSections, ctx: TrainContext, engine: Engine, inputs: LoopInp
                 checkpoint = save_checkpoint(ctx, engine, state)
             if report is not None or checkpoint is not None:
                 ctx.report(report or {"step": state.step}, checkpoint=checkpoint)
+            if report is not None and "tokens_per_s" in report:
+                window_start = time.perf_counter()  # the next window starts once this report returned
+            else:
+                window_start += time.perf_counter() - side_start
             if done:
                 return state
         for _ in epoch_batches:
