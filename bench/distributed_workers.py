@@ -229,15 +229,22 @@ def _ray_init(num_cpus: int) -> float:
     import ray
     from ray._private.services import get_localhost_ip
 
-    from pipelines.train import RUNTIME_ENV_VARS
+    from pipelines.ray_runtime import RUNTIME_ENV_VARS
 
     port = _free_port()
     host = get_localhost_ip()
     env_vars = {**RUNTIME_ENV_VARS, "RAY_API_SERVER_ADDRESS": f"http://{host}:{port}"}
     os.environ["RAY_API_SERVER_ADDRESS"] = env_vars["RAY_API_SERVER_ADDRESS"]  # this driver's state API too
     start = time.perf_counter()
-    ray.init(address="local", num_cpus=num_cpus, runtime_env={"env_vars": env_vars}, dashboard_host=host,
-             dashboard_port=port, logging_level="WARNING", log_to_driver=False)
+    for attempt in range(3):  # Ray gives its raylet a fixed 30 s to start, too short under heavy neighbour load
+        try:
+            ray.init(address="local", num_cpus=num_cpus, runtime_env={"env_vars": env_vars}, dashboard_host=host,
+                     dashboard_port=port, logging_level="WARNING", log_to_driver=False)
+            break
+        except Exception as error:
+            if "timed out during startup" not in str(error) or attempt == 2:
+                raise
+            ray.shutdown()
     return time.perf_counter() - start
 
 
