@@ -344,13 +344,16 @@ def run_ray_tok(spec: dict[str, Any]) -> dict[str, Any]:
         ray.data.range(spec["cpus"] * 4, override_num_blocks=spec["cpus"] * 4).map_batches(
             lambda b: b, batch_size=1).materialize()  # start the CPU workers: excluded like ray.init
         warm_s = time.perf_counter() - warm
+        idle_start = Snapshot(root)
+        time.sleep(5.0)  # what Ray's own daemons burn while no work runs: a cost per wall second, not per record
+        idle = Snapshot(root).since(idle_start)
         before = Snapshot(root)
         stats = data_pipeline.preprocess(cfg, pipeline, spec["model_dir"], False, Path(spec["out_dir"]))
         window = Snapshot(root).since(before)
     finally:
         ray.shutdown()
     return {"records": stats["read"], "accepted": stats["accepted"], "ray_start_s": ray_start_s,
-            "worker_warmup_s": warm_s, **window}
+            "worker_warmup_s": warm_s, "ray_idle_cores": idle["tree_cpu_s"] / idle["wall_s"], **window}
 
 
 def _hf_tokenize_fn(model_dir: str, max_length: int, max_prompt_length: int):
