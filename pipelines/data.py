@@ -1,11 +1,12 @@
 """Ray Data preference pipeline: read, validate, tokenize, split, and stream pairs to workers.
 
 Two phases, both streaming (nothing is materialised in the driver or a worker):
-1. ``preprocess``: files / a hub dataset / the synthetic set are read a chunk at a time,
-   tokenized by ``orpo.data`` in ``map_batches``, assigned to train or eval by a seeded hash of
+1. ``preprocess``: files / a hub dataset / the synthetic set are read a chunk at a time, one
+   file in several parallel pieces (``pipelines.data_sources``), tokenized by ``orpo.data`` in
+   ``map_batches``, assigned to train or eval by a seeded hash of
    their source position, and written as Parquet partitioned by split (``train``, ``eval``,
-   ``rejected``). A pass over the small columns then writes ``rejects.jsonl`` and the counts
-   (read = accepted + rejected, rejects by reason).
+   ``rejected``). The counts come from the Parquet footers, and ``rejects.jsonl`` from the
+   rejected rows' small columns (read = accepted + rejected, rejects by reason).
 2. ``train_dataset`` / ``eval_dataset``: the tokenized Parquet, streamed to the Ray Train
    workers (``streaming_split``) in a seeded block order; ``worker_batches`` length-groups and
    collates them inside each worker.

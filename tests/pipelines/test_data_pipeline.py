@@ -236,3 +236,29 @@ def test_one_file_is_read_in_parallel_pieces_with_the_single_process_rows(tmp_pa
     data_pipeline.preprocess(cfg, pipeline, str(tiny_model_dir), False, tmp_path / "again")
     order = lambda d: [(r["source"], r["index"]) for r in data_pipeline.split_dataset(d, "train", 0).iter_rows()]  # noqa: E731
     assert order(tmp_path / "again") == order(tmp_path / "ray")
+
+
+def test_summarize_counts_from_parquet_footers_without_ray_data(tmp_path, monkeypatch):
+    """The counts used to take a Ray Data pass over every split; they come from the Parquet footers
+    now (and the flags and rejects from their own small columns), with no Ray Data in the driver."""
+    def no_ray_data(*args, **kwargs):
+        raise AssertionError("summarize must not start a Ray Data pass")
+
+    monkeypatch.setattr(ray.data, "read_parquet", no_ray_data)
+    row = {"source": "f.jsonl", "reject_reason": "", "reject_field": "", "reject_detail": "", "truncated": False,
+           "prompt_trimmed": 0}
+    parts = {"train": [{**row, "index": i, "truncated": i % 3 == 0, "prompt_trimmed": i % 2} for i in range(10)],
+             "eval": [{**row, "index": 10 + i} for i in range(3)],
+             "rejected": [{**row, "index": 13, "reject_reason": "not_json", "reject_field": "<record>",
+                           "reject_detail": "not valid JSON"}]}
+    for number, (split, rows) in enumerate(parts.items()):
+        for half in (rows[: len(rows) // 2], rows[len(rows) // 2:]):  # two files per split, one may be empty
+            directory = tmp_path / "tokenized" / f"part{number}" / f"split={split}"
+            directory.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(half, schema=pa.Table.from_pylist(rows).schema),
+                           directory / f"{len(list(directory.iterdir()))}.parquet")
+    stats = data_pipeline.summarize(tmp_path / "tokenized", tmp_path / "rejects.jsonl")
+    assert stats == {"read": 14, "accepted": 13, "rejected": 1, "rejected_by_reason": {"not_json": 1},
+                     "train_pairs": 10, "eval_pairs": 3, "truncated": 4, "prompt_trimmed": 5}
+    assert [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()] == [
+        {"source": "f.jsonl", "index": 13, "reason": "not_json", "field": "<record>", "detail": "not valid JSON"}]
