@@ -238,7 +238,8 @@ def _peak_gib(gpu: bool) -> float | None:
 
 def run_trl(sizes: Sizes, model_dir: Path, pairs: list[dict], order: list[list[int]], gpu: bool,
             workdir: Path) -> dict[str, Any]:
-    """TRL's ORPOTrainer on the same pairs in the same batches (sequential sampler), bf16, no checkpointing."""
+    """TRL's ORPOTrainer on the same pairs in the same batches (sequential sampler), bf16 autocast, no
+    gradient checkpointing, its default optimiser (fused AdamW)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -248,8 +249,9 @@ def run_trl(sizes: Sizes, model_dir: Path, pairs: list[dict], order: list[list[i
     records = [{"prompt": render(pairs[i]["prompt_ids"]), "chosen": " " + render(pairs[i]["chosen_ids"]),
                 "rejected": " " + render(pairs[i]["rejected_ids"])} for i in flat]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if gpu else torch.float32,
-                                                 attn_implementation="sdpa")
+    # fp32 weights under bf16 autocast (Trainer's bf16=True): fp32 master weights and Adam state, as
+    # DeepSpeed's bf16 mode keeps them for ours; a bf16-loaded model would train in pure bf16.
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
