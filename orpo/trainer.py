@@ -98,7 +98,6 @@ def train(cfg: TrainSections, ctx: TrainContext, engine: Engine, inputs: LoopInp
         state.reported_since_checkpoint = []
     accumulation = cfg.loop.accumulation_steps(ctx.world_size)
     last_step = cfg.loop.total_steps(inputs.steps_per_epoch)
-    window, window_start, window_tokens = MetricSums(), time.perf_counter(), 0.0
     grad_norms: list[float] = []
     engine.module.train()
 
@@ -106,6 +105,9 @@ def train(cfg: TrainSections, ctx: TrainContext, engine: Engine, inputs: LoopInp
     if inputs.eval_batches is not None and cfg.loop.eval_at_start and state.step == 0:
         state.reported_since_checkpoint.append({"step": 0, **evaluate(cfg, ctx, engine.module, inputs)})
         ctx.report(state.reported_since_checkpoint[-1])
+    # tokens_per_s times training only: eval, checkpoint saves and reports (under Ray Train a report
+    # blocks until the controller takes it) are taken out of the window they fall in.
+    window, window_start, window_tokens = MetricSums(), time.perf_counter(), 0.0
     while state.step < last_step and state.epoch < cfg.loop.epochs:
         # Resuming mid-epoch skips what the checkpointed run already consumed.
         epoch_batches = iter(inputs.train_batches(state.epoch))
@@ -139,7 +141,8 @@ def train(cfg: TrainSections, ctx: TrainContext, engine: Engine, inputs: LoopInp
                 report = window.reduce(ctx.device)
                 report.update(step=state.step, epoch=state.epoch, lr=lr, tokens_per_s=tokens / max(elapsed, 1e-9),
                               grad_norm=sum(grad_norms) / len(grad_norms), tokens_seen=state.tokens_seen)
-                window, window_start, window_tokens, grad_norms = MetricSums(), time.perf_counter(), 0.0, []
+                window, window_tokens, grad_norms = MetricSums(), 0.0, []
+            side_start = time.perf_counter()
             if inputs.eval_batches is not None and (
                     done or (cfg.loop.eval_steps and state.step % cfg.loop.eval_steps == 0)):
                 report = {**(report or {"step": state.step}), **evaluate(cfg, ctx, engine.module, inputs)}
@@ -154,6 +157,10 @@ def train(cfg: TrainSections, ctx: TrainContext, engine: Engine, inputs: LoopInp
                 state.reported_since_checkpoint = []
             if report is not None:
                 ctx.report(report, checkpoint=checkpoint)
+            if report is not None and "tokens_per_s" in report:
+                window_start = time.perf_counter()  # the next window starts once this report returned
+            else:
+                window_start += time.perf_counter() - side_start
             if done:
                 return state
         for _ in epoch_batches:

@@ -105,13 +105,16 @@ class DataPipelineSettings:
     Point several runs (e.g. sweep trials) at one to tokenize once and train on identical data."""
     rows_per_file: int = 4096
     """Rows per tokenized Parquet file (the unit the workers stream)."""
+    min_read_bytes: int = 1 << 20
+    """Smallest share of a file one read + tokenize task takes. Files are cut into about 4 pieces
+    per CPU of the cluster (JSONL at line boundaries, Parquet at row groups), none smaller than this."""
     length_group_window: int = 64
     """Micro-batches per length-grouping window in each worker (bigger: less padding)."""
     shuffle_buffer_size: int = 2048
     """Rows in each worker's local shuffle buffer (seeded per epoch)."""
 
     def __post_init__(self) -> None:
-        for key in ("tokenize_batch_size", "rows_per_file", "length_group_window"):
+        for key in ("tokenize_batch_size", "rows_per_file", "length_group_window", "min_read_bytes"):
             require(getattr(self, key) > 0, f"data_pipeline.{key}", "must be > 0", getattr(self, key))
         require(self.tokenize_num_cpus > 0, "data_pipeline.tokenize_num_cpus", "must be > 0", self.tokenize_num_cpus)
         require(self.shuffle_buffer_size >= 0, "data_pipeline.shuffle_buffer_size", "must be >= 0",

@@ -1,11 +1,12 @@
 """Ray Data preference pipeline: read, validate, tokenize, split, and stream pairs to workers.
 
 Two phases, both streaming (nothing is materialised in the driver or a worker):
-1. ``preprocess``: files / a hub dataset / the synthetic set are read a chunk at a time,
-   tokenized by ``orpo.data`` in ``map_batches``, assigned to train or eval by a seeded hash of
+1. ``preprocess``: files / a hub dataset / the synthetic set are read a chunk at a time, one
+   file in several parallel pieces (``pipelines.data_sources``), tokenized by ``orpo.data`` in
+   ``map_batches``, assigned to train or eval by a seeded hash of
    their source position, and written as Parquet partitioned by split (``train``, ``eval``,
-   ``rejected``). A pass over the small columns then writes ``rejects.jsonl`` and the counts
-   (read = accepted + rejected, rejects by reason).
+   ``rejected``). The counts come from the Parquet footers, and ``rejects.jsonl`` from the
+   rejected rows' small columns (read = accepted + rejected, rejects by reason).
 2. ``train_dataset`` / ``eval_dataset``: the tokenized Parquet, streamed to the Ray Train
    workers (``streaming_split``) in a seeded block order; ``worker_batches`` length-groups and
    collates them inside each worker.
@@ -42,100 +43,23 @@ from orpo.sources import HUB_PREFIX, expand_files, is_synthetic, source_label, t
 from orpo.synthetic import make_preference_records, write_jsonl
 from orpo.trainer_config import DataConfig
 from pipelines.config import DataPipelineSettings
+from pipelines.data_sources import (
+    UNREADABLE_MARKER,
+    is_uri,
+    list_source_files,
+    plan_pieces,
+    read_pieces,
+)
 
 SPLITS = ("train", "eval", "rejected")
 EXAMPLE_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "length", "truncated", "index", "source"]
-READ_CHUNK_ROWS = 1024
-# Carries an undecodable line's error through the JSON column (no real record has this key).
-NOT_UTF8_MARKER = "__orpo_not_utf8__"
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def list_source_files(source: str) -> list[str]:
-    """Files of a local path/dir/glob, or of an object-store URI (``s3://bucket/prefix``)."""
-    if not _is_uri(source):
-        return [source_label(source, "", f) for f in expand_files(source)]
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(source)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.Directory:
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        scheme = source.split("://", 1)[0]
-        files = sorted(f"{scheme}://{i.path}" for i in infos if i.path.endswith((".jsonl", ".json", ".parquet")))
-    else:
-        files = [source] if info.type == pafs.FileType.File else []
-    if not files:
-        raise FileNotFoundError(f"data source '{source}' matches no .jsonl/.json/.parquet files")
-    return files
-
-
-def _read_file_chunks(batch: dict[str, np.ndarray], labels: dict[str, str]) -> Iterator[dict[str, list]]:
-    """Generator UDF: one file path in, chunks of ``{record_json, source, row}`` out.
-
-    ``source`` is the file's label (its path, or ``synthetic``): it names the record in rejects
-    and seeds the train/eval split, so it must not depend on where a run writes its outputs.
-    """
-    for path in batch["path"]:
-        path = str(path)
-        rows: list[tuple[str, int]] = []
-        for row, record_json in enumerate(_iter_file(path)):
-            rows.append((record_json, row))
-            if len(rows) == READ_CHUNK_ROWS:
-                yield _chunk(rows, labels.get(path, path))
-                rows = []
-        if rows:
-            yield _chunk(rows, labels.get(path, path))
-
-
-def _chunk(rows: list[tuple[str, int]], path: str) -> dict[str, list]:
-    return {"record_json": [r for r, _ in rows], "source": [path] * len(rows), "row": [i for _, i in rows]}
-
-
-def _iter_file(path: str) -> Iterator[str]:
-    """Each record of a file as a JSON string (malformed JSONL lines pass through to be rejected)."""
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
-
-    fs, fs_path = pafs.FileSystem.from_uri(path) if _is_uri(path) else (pafs.LocalFileSystem(), path)
-    if path.endswith(".parquet"):
-        with fs.open_input_file(fs_path) as f:
-            for record_batch in pq.ParquetFile(f).iter_batches(batch_size=READ_CHUNK_ROWS):
-                for record in record_batch.to_pylist():
-                    yield json.dumps(record, default=str)
-        return
-    if path.endswith(".json"):
-        with fs.open_input_stream(fs_path) as f:
-            try:
-                data = json.loads(f.read().decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise ValueError(f"{path}: not a UTF-8 JSON document: {error}") from None
-        for record in data if isinstance(data, list) else [data]:
-            yield json.dumps(record)
-        return
-    with fs.open_input_stream(fs_path) as f:
-        pending = b""
-        while chunk := f.read(1 << 20):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            yield from (_line_json(line) for line in lines if line.strip())
-        if pending.strip():
-            yield _line_json(pending)
-
-
-def _line_json(line: bytes) -> str:
-    """A JSONL line as JSON text; a line of bad bytes becomes a marker the tokenizer rejects."""
-    try:
-        return line.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return json.dumps({NOT_UTF8_MARKER: f"not UTF-8: {error}"})
-
-
-def read_records(cfg: DataConfig, source: str, split: str, output_dir: Path) -> ray.data.Dataset:
-    """A dataset of ``{record_json, source, row}`` for any supported source."""
+def read_records(cfg: DataConfig, pipeline: DataPipelineSettings, source: str, split: str,
+                 output_dir: Path) -> ray.data.Dataset | None:
+    """A dataset of ``{record_json, source, row}`` for any supported source (the first
+    ``data.limit`` records when set), or None when there is none; files are read in parallel pieces
+    (``pipelines.data_sources``)."""
     labels: dict[str, str] = {}
     if is_synthetic(source):
         path = write_jsonl(output_dir / "data" / f"synthetic_{cfg.synthetic_size}_{cfg.seed}.jsonl",
@@ -147,15 +71,16 @@ def read_records(cfg: DataConfig, source: str, split: str, output_dir: Path) -> 
 
         name = source[len(HUB_PREFIX):]
         hub = datasets.load_dataset(name, split=split, revision=cfg.revision)
+        if cfg.limit is not None:
+            hub = hub.select(range(min(cfg.limit, len(hub))))
         hub = hub.map(lambda record, row: {"record_json": json.dumps(record, default=str), "row": row},
                       with_indices=True, remove_columns=hub.column_names)
         dataset = ray.data.from_huggingface(hub)
         label = source_label(source, split)
         return dataset.map_batches(lambda b: {**b, "source": np.array([label] * len(b["row"]))})
-    files = list_source_files(source)
-    # One task per file; each streams its file out in chunks (a generator UDF).
-    return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
-        _read_file_chunks, batch_size=1, fn_kwargs={"labels": labels})
+    pieces = plan_pieces(list_source_files(source), labels, pipeline.min_read_bytes, pipeline.tokenize_num_cpus,
+                         cfg.limit)
+    return read_pieces(pieces, cfg.max_record_bytes, pipeline.tokenize_num_cpus) if pieces else None
 
 
 @functools.lru_cache(maxsize=4)
@@ -188,8 +113,9 @@ def tokenize_batch(batch: dict[str, np.ndarray], tokenizer_path: str, trust_remo
                 record = json.loads(record_json)
             except json.JSONDecodeError as error:
                 raise RecordError(row, "<record>", RejectReason.NOT_JSON, f"not valid JSON: {error}") from None
-            if isinstance(record, dict) and NOT_UTF8_MARKER in record:
-                raise RecordError(row, "<record>", RejectReason.NOT_UTF8, record[NOT_UTF8_MARKER])
+            if isinstance(record, dict) and UNREADABLE_MARKER in record:
+                unread = record[UNREADABLE_MARKER]
+                raise RecordError(row, "<record>", RejectReason(unread["reason"]), unread["detail"])
             if not isinstance(record, dict):
                 raise RecordError(row, "<record>", RejectReason.WRONG_TYPE, "a record must be a JSON object")
             example = tokenize_pair(normalize_record(record, row, columns_), tokenizer, spec_, row, columns_)
@@ -225,7 +151,7 @@ def data_fingerprint(cfg: DataConfig, tokenizer_path: str) -> dict[str, Any]:
                  if tokenizer_dir.is_dir() else tokenizer_path)
     inputs = {}
     for source in filter(None, (cfg.source, cfg.eval_source)):
-        if not (is_synthetic(source) or source.startswith(HUB_PREFIX) or _is_uri(source)):
+        if not (is_synthetic(source) or source.startswith(HUB_PREFIX) or is_uri(source)):
             inputs[source] = [identity(Path(f)) for f in expand_files(source)]
     return {"data": json.loads(json.dumps(asdict(cfg), default=str)), "tokenizer": tokenizer, "inputs": inputs}
 
@@ -270,18 +196,24 @@ def preprocess(cfg: DataConfig, pipeline: DataPipelineSettings, tokenizer_path: 
     sources = [(cfg.source, cfg.split, cfg.eval_fraction if not cfg.eval_source else 0.0)]
     if cfg.eval_source:
         sources.append((cfg.eval_source, cfg.eval_split, 1.0))
-    for number, (source, split, eval_fraction) in enumerate(sources):
-        records = read_records(cfg, source, split, data_dir)
-        if cfg.limit is not None:
-            records = records.limit(cfg.limit)
-        records.map_batches(
-            tokenize_batch, batch_size=pipeline.tokenize_batch_size, num_cpus=pipeline.tokenize_num_cpus,
-            concurrency=pipeline.max_tasks_in_flight,
-            fn_kwargs=dict(tokenizer_path=tokenizer_path, trust_remote_code=trust_remote_code,
-                           spec=asdict(cfg.tokenize_spec()), columns=asdict(cfg.columns),
-                           eval_fraction=eval_fraction, seed=cfg.seed, max_record_bytes=cfg.max_record_bytes),
-        ).write_parquet(str(partial / f"part{number}"), partition_cols=["split"],
-                        max_rows_per_file=pipeline.rows_per_file)
+    partial.mkdir()
+    options = ray.data.DataContext.get_current().execution_options
+    preserve_order, options.preserve_order = options.preserve_order, True  # the same files for the same inputs
+    try:
+        for number, (source, split, eval_fraction) in enumerate(sources):
+            records = read_records(cfg, pipeline, source, split, data_dir)
+            if records is None:  # only empty files
+                continue
+            records.map_batches(
+                tokenize_batch, batch_size=pipeline.tokenize_batch_size, num_cpus=pipeline.tokenize_num_cpus,
+                concurrency=pipeline.max_tasks_in_flight,
+                fn_kwargs=dict(tokenizer_path=tokenizer_path, trust_remote_code=trust_remote_code,
+                               spec=asdict(cfg.tokenize_spec()), columns=asdict(cfg.columns),
+                               eval_fraction=eval_fraction, seed=cfg.seed, max_record_bytes=cfg.max_record_bytes),
+            ).write_parquet(str(partial / f"part{number}"), partition_cols=["split"],
+                            max_rows_per_file=pipeline.rows_per_file)
+    finally:
+        options.preserve_order = preserve_order
     partial.rename(tokenized)
     stats = summarize(tokenized, data_dir / "rejects.jsonl")
     fingerprint_path.write_text(json.dumps(fingerprint, indent=2))
@@ -293,31 +225,41 @@ def _split_paths(tokenized: Path, split: str) -> list[str]:
     return sorted(str(p) for p in tokenized.glob(f"part*/split={split}") if p.is_dir())
 
 
+def _split_files(tokenized: Path, split: str) -> list[Path]:
+    return sorted(f for path in _split_paths(tokenized, split) for f in Path(path).rglob("*.parquet"))
+
+
 def summarize(tokenized: Path, rejects_path: Path) -> dict[str, Any]:
-    """Count rows per split and write ``rejects.jsonl``, reading only the small columns."""
+    """Count rows per split (from the Parquet footers) and write ``rejects.jsonl``.
+
+    Runs in the driver with pyarrow, no Ray Data pass: row counts are footer metadata; of the
+    accepted pairs only the two flag columns are read, of the rejects only their small columns.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     truncated = prompt_trimmed = 0
     with rejects_path.open("w") as rejects:
         for split in SPLITS:
-            paths = _split_paths(tokenized, split)
-            if not paths:
-                continue
-            columns = ["source", "index", "reject_reason", "reject_field", "reject_detail", "truncated",
-                       "prompt_trimmed"]
-            for batch in ray.data.read_parquet(paths, columns=columns).iter_batches(batch_size=4096,
-                                                                                   batch_format="pyarrow"):
-                counts[split] += batch.num_rows
-                if split == "rejected":
+            for file in _split_files(tokenized, split):
+                parquet = pq.ParquetFile(file)
+                counts[split] += parquet.metadata.num_rows
+                if split != "rejected":
+                    flags = parquet.read(columns=["truncated", "prompt_trimmed"])
+                    truncated += int(pc.sum(flags.column("truncated").cast("int64")).as_py() or 0)
+                    # Pairs whose trained prompt is shorter than the generation prompt (orpo.data.encode_turns).
+                    prompt_trimmed += int(pc.sum(pc.greater(flags.column("prompt_trimmed"), 0).cast("int64")
+                                                 ).as_py() or 0)
+                    continue
+                columns = ["source", "index", "reject_reason", "reject_field", "reject_detail"]
+                for batch in parquet.iter_batches(batch_size=4096, columns=columns):
                     for row in batch.to_pylist():
                         reasons[row["reject_reason"]] += 1
                         rejects.write(json.dumps({"source": row["source"], "index": row["index"],
                                                   "reason": row["reject_reason"], "field": row["reject_field"],
                                                   "detail": row["reject_detail"]}) + "\n")
-                else:
-                    truncated += sum(batch.column("truncated").to_pylist())
-                    # Pairs whose trained prompt is shorter than the generation prompt (orpo.data.encode_turns).
-                    prompt_trimmed += sum(n > 0 for n in batch.column("prompt_trimmed").to_pylist())
     return {"read": sum(counts.values()), "accepted": counts["train"] + counts["eval"], "rejected": counts["rejected"],
             "rejected_by_reason": dict(reasons), "train_pairs": counts["train"], "eval_pairs": counts["eval"],
             "truncated": truncated, "prompt_trimmed": prompt_trimmed}

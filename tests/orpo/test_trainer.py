@@ -177,3 +177,56 @@ def test_the_training_entry_point_runs_the_local_launcher_without_ray(tmp_path, 
     assert [m["step"] for m in ctx.history if "loss" in m][-1] == 2
     assert (tmp_path / "export" / "model.safetensors").exists()
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_tokens_per_s_counts_training_time_only(tmp_path, tiny_model_dir, tiny_tokenizer, examples, monkeypatch):
+    """Under Ray Train a report blocks until the controller takes it (~2 s at the default poll);
+    the window timer used to restart before the report, so that wait (and evals and checkpoint
+    saves) landed in the next window's tokens_per_s. On a fake clock where an optimiser step takes
+    1 s and a report 100 s, every window's tokens_per_s must be its tokens over its steps' seconds."""
+    import types
+
+    from orpo import trainer as trainer_module
+    from orpo.engine import TorchEngine
+    from orpo.trainer import LoopInputs, train
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    class OneSecondSteps(TorchEngine):
+        def step(self) -> float:
+            clock[0] += 1.0
+            return super().step()
+
+        def save_checkpoint(self, directory, client_state) -> None:
+            clock[0] += 50.0
+            super().save_checkpoint(directory, client_state)
+
+    class SlowReports:
+        rank, world_size, device, restore_dir = 0, 1, torch.device("cpu"), None
+
+        def __init__(self):
+            self.checkpoint_dir, self.history = tmp_path / "checkpoints", []
+
+        def report(self, metrics, checkpoint=None) -> None:
+            self.history.append(dict(metrics))
+            clock[0] += 100.0
+
+    cfg = load_config(Config, "configs/tiny_local.yaml", [f"model.name_or_path={tiny_model_dir}", "loop.max_steps=6",
+                                                          "loop.logging_steps=2", "loop.eval_steps=3", "loop.epochs=2",
+                                                          "loop.save_steps=3", "loop.eval_at_start=true",
+                                                          "loop.micro_batch_size=2", "loop.global_batch_size=2"])
+    collator = PreferenceCollator(tiny_tokenizer.pad_token_id)
+    batches = [collator(examples[i:i + 2]) for i in range(0, 8, 2)]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    ctx = SlowReports()
+    train(cfg, ctx, OneSecondSteps(model, cfg.optim, 6),
+          LoopInputs(lambda epoch: iter(batches), steps_per_epoch=4, eval_batches=lambda: iter(batches[:1])))
+    windows = [m for m in ctx.history if "tokens_per_s" in m]
+    assert [m["step"] for m in ctx.history] == [0, 2, 3, 4, 6]  # evals at 0, 3 and 6; checkpoints at 3 and 6
+    assert [m["step"] for m in windows] == [2, 4, 6]
+    previous = 0.0
+    for window in windows:
+        tokens = window["tokens_seen"] - previous
+        assert window["tokens_per_s"] == pytest.approx(tokens / 2.0), window["step"]  # 2 steps of 1 s
+        previous = window["tokens_seen"]

@@ -174,3 +174,78 @@ def test_tokenized_pairs_are_reused_only_for_the_same_inputs(tmp_path, tiny_mode
     source.write_text(source.read_text() + json.dumps(make_preference_records(1, seed=7)[0]) + "\n")
     with pytest.raises(ValueError, match="inputs.* changed"):
         data_pipeline.preprocess(cfg, DataPipelineSettings(), str(tiny_model_dir), False, data_dir)
+
+
+def test_one_file_is_read_in_parallel_pieces_with_the_single_process_rows(tmp_path, tiny_model_dir, tiny_tokenizer,
+                                                                          local_ray):
+    """One file used to be one read task, so tokenization of one big file ran on one CPU. JSONL is
+    now cut into byte ranges at line boundaries and Parquet at row groups. Against the
+    single-process reader (orpo.sources, one pass): every record keeps its row (blank lines,
+    CRLF, bad bytes, broken and oversized lines at piece boundaries), so rejects, the train/eval
+    split and ``data.limit`` match; and two runs write the same rows in the same order."""
+    from orpo.train_local import prepare_data
+    from pipelines.data_sources import plan_pieces
+
+    good = [json.dumps(r).encode() for r in make_preference_records(40, seed=4)]
+    bad = [b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}', b"{broken", b"null",
+           json.dumps({"prompt": "p", "chosen": "y" * 3000, "rejected": "r"}).encode()]  # > max_record_bytes
+    lines = good[:9] + [b"", b"   "] + bad[:2] + [good[9] + b"\r"] + good[10:25] + bad[2:] + good[25:]
+    jsonl = tmp_path / "in" / "a.jsonl"
+    jsonl.parent.mkdir()
+    jsonl.write_bytes(b"\n".join(lines))  # no newline after the last line
+    parquet = tmp_path / "in" / "b.parquet"
+    pq.write_table(pa.Table.from_pylist(make_preference_records(30, seed=5)), parquet, row_group_size=4)
+    pipeline = DataPipelineSettings(min_read_bytes=64, tokenize_batch_size=8)
+
+    pieces = plan_pieces([str(jsonl), str(parquet)], {}, pipeline.min_read_bytes, 1.0)
+    assert sum(p.path == str(jsonl) for p in pieces) >= 4 and sum(p.path == str(parquet) for p in pieces) >= 2
+    assert [p.first_row for p in pieces if p.path == str(jsonl)][0] == 0
+    assert sum(p.rows for p in pieces) == 44 + 30
+
+    # All of a.jsonl (44 records) and the first 6 of b.parquet: the limit cuts a Parquet piece.
+    cfg = DataConfig(source=str(tmp_path / "in"), eval_fraction=0.3, max_length=256, max_prompt_length=128,
+                     max_record_bytes=2000, limit=50)
+    stats = data_pipeline.preprocess(cfg, pipeline, str(tiny_model_dir), False, tmp_path / "ray")
+    (tmp_path / "local").mkdir()
+    local_train, local_eval, local_stats = prepare_data(cfg, tiny_tokenizer, tmp_path / "local")
+    assert stats == local_stats and stats["read"] == 50 and stats["eval_pairs"] > 0
+    for split, local in (("train", local_train), ("eval", local_eval)):
+        rows = sorted((r["source"], r["index"], list(r["chosen_ids"]))
+                      for r in data_pipeline.split_dataset(tmp_path / "ray", split, seed=0).iter_rows())
+        assert rows == sorted((ex["source"], ex["index"], list(ex["chosen_ids"])) for ex in local.examples)
+    key = lambda r: (r["source"], r["index"], r["reason"], r["field"])  # noqa: E731
+    ray_rejects = [json.loads(x) for x in (tmp_path / "ray" / "rejects.jsonl").read_text().splitlines()]
+    local_rejects = [json.loads(x) for x in (tmp_path / "local" / "rejects.jsonl").read_text().splitlines()]
+    assert sorted(map(key, ray_rejects)) == sorted(map(key, local_rejects))
+    assert {(r["index"], r["reason"]) for r in ray_rejects} == {(9, "not_utf8"), (10, "not_json"),
+                                                                (27, "wrong_type"), (28, "record_too_large")}
+
+    data_pipeline.preprocess(cfg, pipeline, str(tiny_model_dir), False, tmp_path / "again")
+    order = lambda d: [(r["source"], r["index"]) for r in data_pipeline.split_dataset(d, "train", 0).iter_rows()]  # noqa: E731
+    assert order(tmp_path / "again") == order(tmp_path / "ray")
+
+
+def test_summarize_counts_from_parquet_footers_without_ray_data(tmp_path, monkeypatch):
+    """The counts used to take a Ray Data pass over every split; they come from the Parquet footers
+    now (and the flags and rejects from their own small columns), with no Ray Data in the driver."""
+    def no_ray_data(*args, **kwargs):
+        raise AssertionError("summarize must not start a Ray Data pass")
+
+    monkeypatch.setattr(ray.data, "read_parquet", no_ray_data)
+    row = {"source": "f.jsonl", "reject_reason": "", "reject_field": "", "reject_detail": "", "truncated": False,
+           "prompt_trimmed": 0}
+    parts = {"train": [{**row, "index": i, "truncated": i % 3 == 0, "prompt_trimmed": i % 2} for i in range(10)],
+             "eval": [{**row, "index": 10 + i} for i in range(3)],
+             "rejected": [{**row, "index": 13, "reject_reason": "not_json", "reject_field": "<record>",
+                           "reject_detail": "not valid JSON"}]}
+    for number, (split, rows) in enumerate(parts.items()):
+        for half in (rows[: len(rows) // 2], rows[len(rows) // 2:]):  # two files per split, one may be empty
+            directory = tmp_path / "tokenized" / f"part{number}" / f"split={split}"
+            directory.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(half, schema=pa.Table.from_pylist(rows).schema),
+                           directory / f"{len(list(directory.iterdir()))}.parquet")
+    stats = data_pipeline.summarize(tmp_path / "tokenized", tmp_path / "rejects.jsonl")
+    assert stats == {"read": 14, "accepted": 13, "rejected": 1, "rejected_by_reason": {"not_json": 1},
+                     "train_pairs": 10, "eval_pairs": 3, "truncated": 4, "prompt_trimmed": 5}
+    assert [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()] == [
+        {"source": "f.jsonl", "index": 13, "reason": "not_json", "field": "<record>", "detail": "not valid JSON"}]
