@@ -1,8 +1,8 @@
 """One command from data to report: ``python -m pipelines.run --config configs/quickstart.yaml``.
 
 Stages, each writing into the run directory and recorded in ``manifest.json``:
-``data`` (tokenize once, shared) → ``base`` (optional: pretrain the shared base every method
-starts from, ``pipelines.base``) → ``sweep/<method>`` (optional) → ``train/<method>`` →
+``base`` (optional: pretrain the shared base every method starts from, ``pipelines.base``) →
+``data`` (tokenize once, shared) → ``sweep/<method>`` (optional) → ``train/<method>`` →
 ``eval/<method>`` (generate, then score the benchmarks, rewards and diversity); then the reward
 win rates against the baseline method (``winrate.json``) and the report (``report.md``,
 ``report.html``, ``summary.json``) are rebuilt. A rerun resumes at the first incomplete stage;
@@ -197,16 +197,18 @@ def _run_stages(cfg: Config, run_dir: Path) -> dict[str, Any]:
     init_ray(cfg)
     model_path = resolve_model_path(cfg.model, run_dir)  # `tiny` is built at run_dir/base_model
 
-    if not manifest.done("data"):
-        with manifest.stage("data"):
-            data_pipeline.preprocess(cfg.data, cfg.data_pipeline, model_path,
-                                     cfg.model.trust_remote_code, run_dir / "data")
-            data_pipeline.heldout_prompts(run_dir / "data", run_dir / "data" / "heldout_prompts.jsonl")
-
     if cfg.base.enabled and not manifest.done("base"):
         with manifest.stage("base"):
             shutil.rmtree(_inside(run_dir, run_dir / "base"), ignore_errors=True)  # an interrupted attempt starts clean
             pretrain(cfg, run_dir, model_path)
+    # The methods' model: the data is tokenized with its own tokenizer files, which the trainers check.
+    start_path = str(base_export(run_dir)) if cfg.base.enabled else model_path
+
+    if not manifest.done("data"):
+        with manifest.stage("data"):
+            data_pipeline.preprocess(cfg.data, cfg.data_pipeline, start_path,
+                                     cfg.model.trust_remote_code, run_dir / "data")
+            data_pipeline.heldout_prompts(run_dir / "data", run_dir / "data" / "heldout_prompts.jsonl")
 
     for method in cfg.methods:
         best: dict[str, Any] = {}
