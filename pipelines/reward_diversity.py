@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from evaluation.diversity import diversity, load_outputs, sentence_transformer_encoder
 from evaluation.reward_winrate import RewardModel, paired_win_rate, prompts_and_answers

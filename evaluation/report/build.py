@@ -162,8 +162,10 @@ def _base(runs: list[RunData], summaries: dict[str, dict[str, Any]]) -> list[Blo
         rows.append(
             [
                 run.name,
-                f"{tables.num(base.get('initial_heldout_perplexity'), 2)} → "
-                f"{tables.num(base.get('heldout_perplexity'), 3)}",
+                (
+                    f"{tables.num(base.get('initial_heldout_perplexity'), 2)} → "
+                    f"{tables.num(base.get('heldout_perplexity'), 3)}"
+                ),
                 f"{tables.step(base.get('initial_step'))} → {tables.step(base.get('step'))}",
                 tables.count(base.get("train_conversations")),
                 tables.count(base.get("heldout_conversations")),

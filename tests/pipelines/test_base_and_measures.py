@@ -91,3 +91,35 @@ def test_the_bundled_minilm_is_a_local_directory():
     path = embedding_model_path(None)
     assert (__import__("pathlib").Path(path) / "config.json").is_file()
     assert embedding_model_path("/my/encoder") == "/my/encoder"
+
+
+def test_a_configured_reward_model_scores_every_answer(tmp_path):
+    """The real-run path: a (tiny, random-init) one-output reward model scores the AlpacaEval
+    answers; its rewards are the model's own scores of each (prompt, answer)."""
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    from evaluation.reward_winrate import RewardModel
+    from orpo.tiny import build_tokenizer, tiny_llama_config
+    from pipelines.reward_diversity import read_rewards, score_rewards
+
+    model_dir = tmp_path / "rm"
+    tokenizer = build_tokenizer()
+    config = tiny_llama_config(len(tokenizer), tokenizer=tokenizer)
+    config.num_labels = 1
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    answers = {"Name a color.": "Blue.", "Pick a fruit.": "Apple"}
+    generations = tmp_path / "alpaca_eval.jsonl"
+    generations.write_text("".join(json.dumps({"instruction": q, "messages": [
+        {"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n" for q, a in answers.items()))
+    cfg = load_config(Config, "configs/quickstart.yaml",
+                      [f"evaluation.reward={{model: {model_dir}, benchmark: alpaca_eval}}"])
+    summary = score_rewards(cfg, {"alpaca_eval": generations}, tmp_path)
+    assert summary["reward"] == f"reward model {model_dir}" and summary["n"] == 2
+    expected = RewardModel(str(model_dir)).score([[{"role": "user", "content": q}] for q in answers],
+                                                 list(answers.values()))
+    assert list(read_rewards(tmp_path).values()) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="not in generation.benchmarks"):
+        score_rewards(cfg, {"ifeval": generations}, tmp_path)
