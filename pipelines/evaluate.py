@@ -1,9 +1,11 @@
-"""Evaluation stage: generate with one model, then score IFEval, AlpacaEval 2.0 and MT-Bench.
+"""Evaluation stage: generate with one model, then score IFEval, AlpacaEval 2.0 and MT-Bench,
+and (when configured) each answer's reward and the diversity of sampled answers.
 
 ``python -m pipelines.evaluate --config configs/evaluate_tiny.yaml key=value``. Generation is
 ``pipelines.generate`` (HF or vLLM backend) with the config's ``model``; judging goes to the
 OpenAI-compatible endpoint in ``evaluation.judge`` (the API key is read from the environment variable it names, never from the file).
-Writes ``<output_dir>/<benchmark>/summary.json`` per benchmark and ``<output_dir>/summary.json``.
+Writes ``<output_dir>/<benchmark>/summary.json`` per benchmark, ``reward/`` and ``diversity/``
+(``pipelines.reward_diversity``) and ``<output_dir>/summary.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from orpo.config import load_config
 from orpo.modeling import resolve_model_path
 from pipelines.config import Config
 from pipelines.generate import generate, model_display_name
+from pipelines.reward_diversity import measure_diversity, score_rewards
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -70,6 +73,10 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         raise failures[0] if len(failures) == 1 else JudgeRequestsFailed(
             [j for error in failures for j in error.failed], sum(e.total for e in failures),
             " and ".join(str(e.cache_path) for e in failures))
+    if cfg.evaluation.reward is not None:
+        summary["reward"] = score_rewards(cfg, paths, output_dir)
+    if cfg.evaluation.diversity.enabled:
+        summary["diversity"] = measure_diversity(cfg, output_dir)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 

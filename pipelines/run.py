@@ -1,9 +1,11 @@
 """One command from data to report: ``python -m pipelines.run --config configs/quickstart.yaml``.
 
 Stages, each writing into the run directory and recorded in ``manifest.json``:
+``base`` (optional: pretrain the shared base every method starts from, ``pipelines.base``) →
 ``data`` (tokenize once, shared) → ``sweep/<method>`` (optional) → ``train/<method>`` →
-``eval/<method>`` (generate, then score the benchmarks); then the report (``report.md``,
-``report.html``, ``summary.json``) is rebuilt. A rerun resumes at the first incomplete stage;
+``eval/<method>`` (generate, then score the benchmarks, rewards and diversity); then the reward
+win rates against the baseline method (``winrate.json``) and the report (``report.md``,
+``report.html``, ``summary.json``) are rebuilt. A rerun resumes at the first incomplete stage;
 a run directory made with a different config is refused.
 """
 
@@ -28,6 +30,7 @@ from orpo.config import load_config, replace_values, to_dict
 from orpo.modeling import resolve_model_path
 from orpo.sources import HUB_PREFIX, expand_files, is_synthetic
 from pipelines import data as data_pipeline
+from pipelines.base import base_export, corpus_spec, pretrain
 from pipelines.config import Config, MethodConfig
 
 HELDOUT = "heldout"
@@ -72,6 +75,8 @@ def input_hashes(cfg: Config) -> dict[str, str]:
                     while chunk := f.read(1 << 20):
                         digest.update(chunk)
                 out[file] = digest.hexdigest()
+    if cfg.base.enabled:
+        out["base corpus"] = corpus_spec(cfg)
     return out
 
 
@@ -156,9 +161,12 @@ def _now() -> str:
 
 def method_config(cfg: Config, method: MethodConfig, run_dir: Path, output_dir: Path,
                   extra: dict[str, Any] | None = None) -> Config:
-    """The config a method trains (or sweeps) with: the run's, the method's values, then ``extra``."""
+    """The config a method trains (or sweeps) with: the run's, the method's values, then ``extra``.
+
+    With ``base.enabled`` every method starts from the pretrained base's export."""
+    start = str(base_export(run_dir)) if cfg.base.enabled else resolve_model_path(cfg.model, run_dir)
     base = replace_values(cfg, {"name": f"{cfg.name}-{method.name}", "methods": [],
-                                "model.name_or_path": resolve_model_path(cfg.model, run_dir),
+                                "model.name_or_path": start,
                                 "data_pipeline.data_dir": str(run_dir / "data")})
     return replace_values(base, {**method.overrides, **(extra or {}), "output_dir": str(output_dir)})
 
@@ -189,9 +197,16 @@ def _run_stages(cfg: Config, run_dir: Path) -> dict[str, Any]:
     init_ray(cfg)
     model_path = resolve_model_path(cfg.model, run_dir)  # `tiny` is built at run_dir/base_model
 
+    if cfg.base.enabled and not manifest.done("base"):
+        with manifest.stage("base"):
+            shutil.rmtree(_inside(run_dir, run_dir / "base"), ignore_errors=True)  # an interrupted attempt starts clean
+            pretrain(cfg, run_dir, model_path)
+    # The methods' model: the data is tokenized with its own tokenizer files, which the trainers check.
+    start_path = str(base_export(run_dir)) if cfg.base.enabled else model_path
+
     if not manifest.done("data"):
         with manifest.stage("data"):
-            data_pipeline.preprocess(cfg.data, cfg.data_pipeline, model_path,
+            data_pipeline.preprocess(cfg.data, cfg.data_pipeline, start_path,
                                      cfg.model.trust_remote_code, run_dir / "data")
             data_pipeline.heldout_prompts(run_dir / "data", run_dir / "data" / "heldout_prompts.jsonl")
 
@@ -217,6 +232,11 @@ def _run_stages(cfg: Config, run_dir: Path) -> dict[str, Any]:
             if not manifest.done(stage):
                 with manifest.stage(stage):
                     evaluate(evaluation_config(cfg, method, run_dir, judge_url))
+
+    if cfg.evaluation.reward is not None:
+        from pipelines.reward_diversity import write_winrates
+
+        write_winrates(run_dir, [m.name for m in cfg.methods], cfg.evaluation.reward.baseline_method)
 
     from evaluation.report import build_report
 

@@ -81,6 +81,7 @@ def _effect(
         blocks.append(
             Bullets([f"{icon[c['verdict']]} {c['check']}: {c['detail']}" for c in result["checks"]])
         )
+        blocks.append(_start_note(summaries[run.name]))
         headers = [
             "method",
             "eval steps",
@@ -129,6 +130,130 @@ def _effect(
                 "on generated answers.",
             )
         )
+    return blocks
+
+
+def _start_note(summary: dict[str, Any]) -> Para:
+    """Where the trajectories start: the shared base (step 0 of every method) and whether it agrees."""
+    start, base = summary["start"], summary.get("base")
+    where = (
+        f"Every method starts from the shared pretrained base (`{base.get('export_dir')}`, held-out "
+        f"perplexity {tables.num(base.get('heldout_perplexity'), 3)} after "
+        f"{tables.step(base.get('step'))} steps): step 0 of every method is the base model."
+        if base
+        else "No base stage: every method starts from the random-init model, which is still "
+        "learning the language, so every log-prob tends to rise whatever the objective."
+    )
+    agree = {
+        True: "The methods' step-0 log-probs agree, as they must.",
+        False: "The methods' step-0 log-probs DISAGREE: they did not start from the same model.",
+        None: "",
+    }[start["agree"]]
+    return Para(f"{where} {agree} ({start['detail']}.)", "note" if start["agree"] is not False else "bad")
+
+
+def _base(runs: list[RunData], summaries: dict[str, dict[str, Any]]) -> list[Block]:
+    with_base = [r for r in runs if summaries[r.name].get("base")]
+    if not with_base:
+        return []
+    rows = []
+    for run in with_base:
+        base = summaries[run.name]["base"]
+        rows.append(
+            [
+                run.name,
+                (
+                    f"{tables.num(base.get('initial_heldout_perplexity'), 2)} → "
+                    f"{tables.num(base.get('heldout_perplexity'), 3)}"
+                ),
+                f"{tables.step(base.get('initial_step'))} → {tables.step(base.get('step'))}",
+                tables.count(base.get("train_conversations")),
+                tables.count(base.get("heldout_conversations")),
+                str(base.get("corpus", tables.DASH)),
+            ]
+        )
+    return [
+        _heading("Pretrained base", "base"),
+        Para(
+            "The `base` stage pretrains the model as a plain causal LM on unpaired conversations "
+            "of the synthetic language (prompts with responses that follow and that violate their "
+            "constraint, in equal number) before any method trains; every method starts from it."
+        ),
+        Table(
+            ["run", "held-out perplexity", "steps", "train conversations", "held-out conversations", "corpus"],
+            rows,
+            caption="Perplexity: exp(mean NLL per token) over prompt and response tokens of held-out "
+            "conversations (base/base_info.json).",
+        ),
+    ]
+
+
+def _paper_measures(runs: list[RunData], summaries: dict[str, dict[str, Any]]) -> list[Block]:
+    blocks: list[Block] = [
+        _heading("Reward win rate and diversity", "paper-measures"),
+        Para(
+            "The ORPO paper's other measurements: each method's reward win rate against the "
+            "baseline method on the same prompts (its Tables 2-3; ties count one half), and the "
+            "per-input / across-input diversity of sampled answers (PID / AID, its Table 5: mean "
+            "cosine similarity of sentence embeddings, lower is more diverse)."
+        ),
+    ]
+    rows, rewards = [], set()
+    for run in runs:
+        for name, method in run.methods.items():
+            headline = summaries[run.name]["methods"][name]
+            win, reward, div = headline["reward_winrate"], headline["reward"], headline["diversity"]
+            if reward:
+                rewards.add(str(reward.get("reward")))
+            baseline = (run.winrate or {}).get("baseline")
+            if win:
+                win_text = (
+                    f"{tables.percent_of_fraction(win.get('win_rate'))} ± "
+                    f"{tables.percent_of_fraction(win.get('stderr'))} vs {win.get('baseline')}"
+                )
+                wtl = f"{win.get('wins')}/{win.get('ties')}/{win.get('losses')} (n={win.get('n')})"
+            else:
+                win_text = "baseline" if name == baseline else tables.DASH
+                wtl = tables.DASH
+            rows.append(
+                [
+                    method.label,
+                    win_text,
+                    wtl,
+                    tables.num((reward or {}).get("mean_reward")),
+                    tables.num((div or {}).get("pid")),
+                    tables.num((div or {}).get("aid")),
+                    (
+                        f"{div.get('num_samples')} × {div.get('n_prompts')} prompts, T={div.get('temperature')}"
+                        if div
+                        else tables.DASH
+                    ),
+                ]
+            )
+    if not any(r[1] != tables.DASH or r[4] != tables.DASH for r in rows):
+        return blocks + [
+            Para("Not measured in this run (evaluation.reward and evaluation.diversity are off).", "note")
+        ]
+    reward_text = "; ".join(sorted(rewards)) or "none"
+    blocks.append(
+        Table(
+            ["method", "reward win rate (%)", "wins/ties/losses", "mean reward", "PID ↓", "AID ↓", "samples"],
+            rows,
+            caption=f"Reward used: {reward_text}. PID/AID encoder: "
+            + ", ".join(
+                sorted(
+                    {
+                        str((summaries[r.name]["methods"][n]["diversity"] or {}).get("embedding_model"))
+                        for r in runs
+                        for n in r.methods
+                        if summaries[r.name]["methods"][n]["diversity"]
+                    }
+                )
+                or ["none"]
+            )
+            + ".",
+        )
+    )
     return blocks
 
 
@@ -196,7 +321,7 @@ def _data(runs: list[RunData]) -> list[Block]:
     return blocks
 
 
-def _training(methods: list[MethodData]) -> list[Block]:
+def _training(methods: list[MethodData], has_base: bool = False) -> list[Block]:
     blocks: list[Block] = [_heading("Training curves", "training"), tables.final_training(methods)]
     curves = {
         m.label: {
@@ -238,15 +363,17 @@ def _training(methods: list[MethodData]) -> list[Block]:
                 else "training batches (logps/*): no eval rows"
             )
             sources.append(f"{m.label}: {where}")
-    png = plots.logp_panels(logps)
+    png = plots.logp_panels(logps, "step 0: base" if has_base else None)
     if png:
         blocks.append(
             Image(
                 "logps_chosen_rejected.png",
                 png,
                 "chosen vs rejected log-probs per method",
-                "One panel per method: the ORPO paper's Figure 3 (ORPO) vs Figure 7 (SFT) "
-                "view. Mean per-token log-probs share one y-range; DPO logs summed "
+                "One panel per method: the ORPO paper's Figure 3 (SFT) vs Figure 7 (ORPO) "
+                "view"
+                + (", every method starting at step 0 from the shared pretrained base" if has_base else "")
+                + ". Mean per-token log-probs share one y-range; DPO logs summed "
                 "log-probs, on its own axis.",
             )
         )
@@ -441,9 +568,11 @@ def document(runs: list[RunData], summaries: dict[str, dict[str, Any]]) -> tuple
     blocks += _effect(runs, summaries, compare)
     blocks += _environment(runs, compare)
     blocks += _data(runs)
-    blocks += _training(methods)
+    blocks += _base(runs, summaries)
+    blocks += _training(methods, any(r.base for r in runs))
     blocks += _sweep(methods)
     blocks += _benchmarks(methods)
+    blocks += _paper_measures(runs, summaries)
     blocks += _compute(methods)
     blocks += _sources()
     blocks += _gaps(runs, methods)

@@ -14,6 +14,8 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 DATA_STATS = "data/data_stats.json"
+BASE_INFO = "base/base_info.json"
+WINRATE = "winrate.json"
 
 
 @dataclass
@@ -51,6 +53,10 @@ class RunData:
     problems: list[str] = field(default_factory=list)
     """Files that exist but could not be read, one line each."""
     data_missing: str | None = None
+    base: dict[str, Any] | None = None
+    """``base/base_info.json``: the pretrained base every method started from (None: no base stage)."""
+    winrate: dict[str, Any] | None = None
+    """``winrate.json``: each method's reward win rate against the baseline method."""
 
 
 def read_json(path: Path, problems: list[str]) -> Any:
@@ -167,6 +173,8 @@ def load_run(path: str | Path, label_prefix: str | None = None) -> RunData:
     )
     if data_stats is None:
         run.data_missing = missing_reason(manifest, "data")
+    run.base = _typed(path / BASE_INFO, dict, problems)
+    run.winrate = _typed(path / WINRATE, dict, problems)
     for method in _method_names(path, manifest):
         label = f"{label_prefix}/{method}" if label_prefix else method
         data = MethodData(run=name, method=method, label=label)

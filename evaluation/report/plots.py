@@ -118,12 +118,13 @@ def training_curves(
 
 
 @_never_raises
-def logp_panels(per_method: dict[str, dict[str, Any]]) -> bytes | None:
+def logp_panels(per_method: dict[str, dict[str, Any]], start_label: str | None = None) -> bytes | None:
     """The ORPO paper's Figure 3 vs Figure 7 view: per method, chosen and rejected log-probs.
 
     ``per_method[label] = {"chosen": (steps, values), "rejected": (...), "source": "eval"|"train",
     "summed": bool}``. Panels of mean per-token log-probs share one y-range so the methods compare
-    at a glance; summed log-probs (DPO) live on another scale and get their own.
+    at a glance; summed log-probs (DPO) live on another scale and get their own. ``start_label``
+    (e.g. "base") marks step 0, the model every method started from.
     """
     per_method = {k: v for k, v in per_method.items() if v["chosen"][0] or v["rejected"][0]}
     if not per_method:
@@ -149,6 +150,10 @@ def logp_panels(per_method: dict[str, dict[str, Any]]) -> bytes | None:
         ax.plot(*data["chosen"], color="#1a7f37", marker=marker, markersize=3.5, label="chosen")
         ax.plot(*data["rejected"], color="#cf222e", marker=marker, markersize=3.5, label="rejected")
         where = "held-out eval" if data["source"] == "eval" else "training batches"
+        if start_label and 0 in data["chosen"][0]:
+            ax.axvline(0, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(start_label, (0, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                        textcoords="offset points", fontsize=8, color="grey")
         if data.get("summed"):
             ax.set_title(f"{label}\n({where}; summed: own y-axis)", fontsize=11)
             ax.set_ylabel("summed log-prob per response")

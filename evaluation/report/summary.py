@@ -109,6 +109,15 @@ def _pick(block: Any, keys: tuple[str, ...]) -> dict[str, Any] | None:
     return picked or None
 
 
+REWARD_KEYS = ("reward", "benchmark", "n", "mean_reward")
+DIVERSITY_KEYS = ("pid", "aid", "n_prompts", "n_pairs", "benchmark", "num_samples", "temperature",
+                  "embedding_model", "direction")
+BASE_KEYS = ("heldout_perplexity", "heldout_nll", "step", "initial_heldout_perplexity", "initial_step",
+             "perplexity_of", "corpus", "train_conversations", "heldout_conversations", "export_dir")
+# Methods started from one model, evaluated on the same held-out pairs, log the same step-0 log-probs.
+START_TOLERANCE = 1e-3
+
+
 def method_headline(method: MethodData) -> dict[str, Any]:
     """The figures a reader wants first for one method."""
     evaluation = method.eval_summary or {}
@@ -125,6 +134,9 @@ def method_headline(method: MethodData) -> dict[str, Any]:
         "ifeval": _pick(evaluation.get("ifeval"), IFEVAL_METRICS),
         "alpaca_eval": alpaca,
         "mt_bench": mt_bench,
+        "reward": _pick(evaluation.get("reward"), REWARD_KEYS),
+        "reward_winrate": None,
+        "diversity": _pick(evaluation.get("diversity"), DIVERSITY_KEYS),
         "final_train_metrics": final_train or None,
         "compute": _pick(method.run_info, COMPUTE_KEYS),
         "sweep_best": _pick(method.sweep_best, ("metric", "mode", "value", "config")),
@@ -246,12 +258,47 @@ def effect(run: RunData, headlines: dict[str, dict[str, Any]]) -> dict[str, Any]
     }
 
 
+def shared_start(run: RunData, headlines: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Do the methods start from one model? Their step-0 held-out log-probs must agree.
+
+    With a base stage that model is the base; without one, the random-init model.
+    """
+    starts = {
+        name: (h["logps"]["chosen_initial"], h["logps"]["rejected_initial"])
+        for name, h in headlines.items()
+        if h["logps"] and h["logps"]["initial_step"] == 0 and h["loss_type"] != "dpo"
+    }
+    model = "the pretrained base" if run.base else "the same random-init model (no base stage)"
+    if len(starts) < 2:
+        return {"from": model, "agree": None, "detail": "fewer than two methods with a step-0 eval row"}
+    values = list(starts.values())
+    spread = max(max(abs(v[i] - values[0][i]) for v in values) for i in (0, 1))
+    return {
+        "from": model,
+        "agree": spread <= START_TOLERANCE,
+        "max_difference": spread,
+        "detail": "step-0 held-out log-probs (chosen, rejected): "
+        + ", ".join(f"{n} ({c:.4f}, {r:.4f})" for n, (c, r) in starts.items()),
+    }
+
+
 def run_summary(run: RunData) -> dict[str, Any]:
     headlines = {name: method_headline(m) for name, m in run.methods.items()}
+    winrate = run.winrate or {}
+    for name, result in (winrate.get("methods") or {}).items():
+        if name in headlines and isinstance(result, dict):
+            headlines[name]["reward_winrate"] = {
+                "baseline": winrate.get("baseline"),
+                "reward": winrate.get("reward"),
+                **(_pick(result, ("win_rate", "stderr", "n", "wins", "ties", "losses")) or {}),
+            }
+    base = _pick(run.base, BASE_KEYS)
     return {
         "run": run.name,
         "run_dir": str(run.path),
+        "base": base,
         "methods": headlines,
+        "start": shared_start(run, headlines),
         "effect": effect(run, headlines),
         "data": run.data_stats,
         "problems": list(run.problems),

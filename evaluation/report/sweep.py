@@ -17,12 +17,18 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")
 
 
+# What λ did to the model, whatever the objective: the held-out log-prob margin (chosen − rejected),
+# comparable across λ and β (see pipelines.config.OBJECTIVE_MODES).
+MARGIN = "eval/logps/margin"
+
+
 @dataclass
 class Trial:
     trial_id: str
     config: dict[str, Any]
     objective: float | None
     status: str
+    margin: float | None = None
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -61,6 +67,7 @@ def trials(method: MethodData, metric: str | None) -> list[Trial]:
                 config=flatten(raw.get("config") or {}),
                 objective=finite(metrics.get(metric)) if metric else None,
                 status=str(raw.get("status", DASH)),
+                margin=finite(metrics.get(MARGIN)),
             )
         )
     return out
@@ -125,15 +132,22 @@ def section(method: MethodData) -> list[Block]:
     keys, fixed = varying(all_trials)
     best = best_index(all_trials, method, keys, mode)
     objective_header = f"{metric} ({mode})" if mode else str(metric)
+    show_margin = metric != MARGIN and any(t.margin is not None for t in all_trials)
     rows = [
-        [t.trial_id, *(param(t.config.get(k, DASH)) for k in keys), num(t.objective), t.status]
+        [
+            t.trial_id,
+            *(param(t.config.get(k, DASH)) for k in keys),
+            num(t.objective),
+            *([num(t.margin)] if show_margin else []),
+            t.status,
+        ]
         for t in all_trials
     ]
     if best is not None:
         rows[best][0] = "★ " + rows[best][0]
     blocks.append(
         Table(
-            ["trial", *keys, objective_header, "status"],
+            ["trial", *keys, objective_header, *([f"{MARGIN} (held-out)"] if show_margin else []), "status"],
             rows,
             highlight={best} if best is not None else set(),
             caption="★ best trial"
@@ -180,6 +194,27 @@ def section(method: MethodData) -> list[Block]:
                     png,
                     f"{method.label} sweep: {metric} vs {key}",
                     f"{metric} against {key}; gold star: best trial.{other}",
+                )
+            )
+        margins = [(t.config.get(key), t.margin, i) for i, t in enumerate(all_trials)
+                   if show_margin and key in t.config and t.margin is not None]
+        png = plots.sweep_plot(
+            [p[0] for p in margins],
+            [p[1] for p in margins],
+            next((j for j, (_, _, i) in enumerate(margins) if i == best), None),
+            key,
+            f"{MARGIN} (held-out)",
+            None,
+            f"{method.label}: what {key} did (log-prob margin chosen − rejected)",
+        ) if margins else None
+        if png:
+            blocks.append(
+                Image(
+                    f"{slug(f'sweep_{method.label}_{key}_margin')}.png",
+                    png,
+                    f"{method.label} sweep: held-out log-prob margin vs {key}",
+                    f"Held-out mean log-prob margin (chosen − rejected) at the end of each trial "
+                    f"against {key}, next to the objective above; gold star: the trial the objective picked.{other}",
                 )
             )
     if unscored:

@@ -699,3 +699,93 @@ def test_published_numbers_carry_a_table_citation():
     for reference in REFERENCES:
         assert "Table" in reference.source and "published, not run here" in reference.label
         assert reference.values
+
+
+# ---- the pretrained base, reward win rate, diversity, the sweep's margin (issue 11) -------------
+
+
+def _add_base_winrate_diversity(run: Path) -> None:
+    """A base (perplexity 12.5 -> 2.25 over 200 steps), ORPO's win rate 0.625 ± 0.1 against SFT
+    (5 wins, 0 ties, 3 losses of 8), PID/AID per method, and each trial's held-out margin."""
+    _write(
+        run / "base/base_info.json",
+        {
+            "heldout_perplexity": 2.25,
+            "heldout_nll": 0.8109,
+            "step": 200,
+            "initial_heldout_perplexity": 12.5,
+            "initial_step": 0,
+            "corpus": "synthetic-lm(test)",
+            "train_conversations": 3000,
+            "heldout_conversations": 200,
+            "export_dir": str(run / "base/train/export"),
+        },
+    )
+    _write(
+        run / "winrate.json",
+        {
+            "baseline": "sft",
+            "reward": "verifiable: test",
+            "methods": {
+                "orpo": {"win_rate": 0.625, "stderr": 0.1, "n": 8, "wins": 5, "ties": 0, "losses": 3}
+            },
+        },
+    )
+    for method, pid, aid in (("orpo", 0.71, 0.42), ("sft", 0.83, 0.55)):
+        summary = json.loads((run / f"eval/{method}/summary.json").read_text())
+        summary["reward"] = {"reward": "verifiable: test", "benchmark": "ifeval", "n": 8, "mean_reward": 0.5}
+        summary["diversity"] = {"pid": pid, "aid": aid, "n_prompts": 16, "n_pairs": 2016, "num_samples": 4,
+                                "temperature": 1.0, "embedding_model": "all-MiniLM-L6-v2 (bundled)"}
+        _write(run / f"eval/{method}/summary.json", summary)
+    results = json.loads((run / "sweep/orpo/results.json").read_text())
+    for trial, margin in zip(results, (0.05, 0.25, 0.75)):
+        trial["metrics"]["eval/logps/margin"] = margin
+    _write(run / "sweep/orpo/results.json", results)
+
+
+def test_base_winrate_and_diversity_reach_summary_and_report(tmp_path):
+    run = make_good_run(tmp_path)
+    _add_base_winrate_diversity(run)
+    paths = build_report([run], run)
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["base"]["heldout_perplexity"] == 2.25 and summary["base"]["step"] == 200
+    assert summary["start"]["agree"] is True and summary["start"]["from"] == "the pretrained base"
+    orpo, sft = summary["methods"]["orpo"], summary["methods"]["sft"]
+    assert orpo["reward_winrate"]["win_rate"] == 0.625 and orpo["reward_winrate"]["baseline"] == "sft"
+    assert sft["reward_winrate"] is None
+    assert (orpo["diversity"]["pid"], orpo["diversity"]["aid"]) == (0.71, 0.42)
+    assert orpo["logps"]["chosen_initial"] == -1.1 and orpo["logps"]["rejected_final"] == -1.9
+
+    markdown = paths["markdown"].read_text()
+    base = md_section(markdown, "Pretrained base")
+    assert md_row(base, "good")[1:3] == ["12.50 → 2.250", "0 → 200"]
+    measures = md_section(markdown, "Reward win rate and diversity")
+    assert md_row(measures, "orpo")[1:6] == ["62.50 ± 10.00 vs sft", "5/0/3 (n=8)", "0.5000", "0.7100", "0.4200"]
+    assert md_row(measures, "sft")[1] == "baseline"
+    assert "Reward used: verifiable: test" in measures
+    assert "step 0 of every method is the base model" in md_section(markdown, "The ORPO effect")
+    html = paths["html"].read_text()
+    assert "62.50 ± 10.00" in html and "0.7100" in html
+
+    sweep = md_section(markdown, "Sweep")
+    assert md_row(sweep, "t2")[3] == "0.7500"  # trial, λ, objective, margin
+    assert (run / "plots" / "sweep_orpo_loss_lam_margin.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_methods_not_sharing_a_start_are_flagged(tmp_path):
+    run = make_good_run(tmp_path)
+    _add_base_winrate_diversity(run)
+    _metrics(run / "train/sft/metrics.jsonl", [-2.1, -0.9, -0.8], [-1.3, -1.1, -0.95], "sft")  # other start
+    paths = build_report([run], run)
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["start"]["agree"] is False and summary["start"]["max_difference"] == pytest.approx(1.0)
+    assert "DISAGREE" in md_section(paths["markdown"].read_text(), "The ORPO effect")
+
+
+def test_without_a_base_the_report_says_so(tmp_path):
+    paths = build_report([make_good_run(tmp_path)], tmp_path / "good")
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["base"] is None and summary["start"]["from"].startswith("the same random-init")
+    markdown = paths["markdown"].read_text()
+    assert "No base stage" in markdown and "## Pretrained base" not in markdown
+    assert "Not measured in this run" in md_section(markdown, "Reward win rate and diversity")
