@@ -36,7 +36,7 @@ from pipelines.generation.benchmarks import decoding_summary
 from pipelines.generation.config import GenerationConfig
 from pipelines.generation.hf_backend import HFGenerator, map_batches_kwargs
 from pipelines.generation.store import load_records, write_json
-from pipelines.generation.vllm_backend import build_vllm_processor
+from pipelines.generation.vllm_backend import build_vllm_processor, check_resources
 from pipelines.ray_runtime import init_ray
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def run_backend(
             HFGenerator, **map_batches_kwargs(gen.hf, model_path, trust_remote_code)
         )
     else:
+        check_resources(gen.vllm, ray.cluster_resources())
         answers = build_vllm_processor(gen.vllm, model_path, trust_remote_code)(dataset)
     yield from answers.iter_rows()
 
