@@ -32,7 +32,7 @@ from orpo.config import load_config, to_dict
 from orpo.modeling import resolve_model_path
 from pipelines.config import Config
 from pipelines.generation.benchmark_run import BenchmarkRun
-from pipelines.generation.benchmarks import decoding_summary
+from pipelines.generation.benchmarks import answer_text, decoding_summary
 from pipelines.generation.config import GenerationConfig
 from pipelines.generation.hf_backend import HFGenerator, map_batches_kwargs
 from pipelines.generation.store import load_records, write_json
@@ -108,10 +108,12 @@ def run_backend(
         answers = dataset.map_batches(
             HFGenerator, **map_batches_kwargs(gen.hf, model_path, trust_remote_code)
         )
-    else:
-        check_resources(gen.vllm, ray.cluster_resources())
-        answers = build_vllm_processor(gen.vllm, model_path, trust_remote_code)(dataset)
-    yield from answers.iter_rows()
+        yield from answers.iter_rows()
+        return
+    check_resources(gen.vllm, ray.cluster_resources())
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    for answer in build_vllm_processor(gen.vllm, model_path, trust_remote_code)(dataset).iter_rows():
+        yield {**answer, "text": answer_text(tokenizer, answer["token_ids"])}
 
 
 def write_meta(run: BenchmarkRun, cfg: GenerationConfig, model_path: str) -> None:

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from orpo.chat import turn_end_token_id
-from pipelines.generation.benchmarks import GREEDY_BELOW, clean_output
+from pipelines.generation.benchmarks import GREEDY_BELOW, answer_text
 from pipelines.generation.config import HFBackendConfig
 
 DECODING_COLUMNS = ("temperature", "top_p", "max_new_tokens", "seed")
@@ -117,7 +117,7 @@ class HFGenerator:
             len(tokens),
         )
         kept = tokens[:end]
-        return clean_output(self.tokenizer.decode(kept, skip_special_tokens=True)), kept
+        return answer_text(self.tokenizer, kept), kept
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -2,8 +2,9 @@
 
 Prompts arrive already templated and tokenized (``orpo.chat.encode_prompt``, the training
 template), so Ray Data LLM's chat-template and tokenize stages are off and the engine gets
-``tokenized_prompt`` directly: vLLM never applies a template of its own. vLLM detokenizes
-(skipping special tokens), so the detokenize stage is off too.
+``tokenized_prompt`` directly: vLLM never applies a template of its own. The engine's own
+detokenization stands (the detokenize stage is off), but the stored text is decoded from the
+generated ids on the driver (``answer_text``), as the HF backend does, so both store the same.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def preprocess(row: dict[str, Any]) -> dict[str, Any]:
 
 def postprocess(row: dict[str, Any]) -> dict[str, Any]:
     """Engine output row -> ``generation_id``, ``text``, ``num_generated_tokens``, ``token_ids``
-    (as from the HF backend)."""
+    (``text`` is the engine's; ``pipelines.generate`` stores ``answer_text`` of the ids)."""
     return dict(
         generation_id=str(row["generation_id"]),
         text=clean_output(str(row["generated_text"])),

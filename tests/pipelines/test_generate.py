@@ -325,11 +325,13 @@ def test_vllm_backend_path_through_ray_data(
         built["config"] = config
 
         def engine(row):  # what the vLLM engine stage adds to a row
+            tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+            ids = tokenizer(f" answer {len(row['tokenized_prompt'])}", add_special_tokens=False)["input_ids"]
             return {
                 **row,
-                "generated_text": f" answer {len(row['tokenized_prompt'])} ",
-                "num_generated_tokens": 2,
-                "generated_tokens": [5, 2],
+                "generated_text": "(the engine's text; the stage stores the decoded ids)",
+                "num_generated_tokens": len(ids) + 1,
+                "generated_tokens": ids + [tokenizer.eos_token_id],
             }
 
         return lambda dataset: dataset.map(preprocess).map(engine).map(postprocess)
