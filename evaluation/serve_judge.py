@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     port = args.port or free_port()
     base_url = f"http://{HOST}:{port}/v1"
-    server = subprocess.Popen(server_command(args, port, extra))
+    # The server logs to stderr, so stdout carries the base_url line alone (scripts read it).
+    server = subprocess.Popen(server_command(args, port, extra), stdout=sys.stderr)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
