@@ -18,6 +18,10 @@ garbage, or a pairwise answer with neither label). `stats` counts requests for c
 
 Python: `with serve_fixture_judge(FixtureJudgeConfig(...)) as judge: judge.base_url`.
 CLI: `python -m evaluation.fixture_judge --port 0` prints the base URL and serves until Ctrl-C.
+
+A test double, outside the product's import graph: the benchmark modules know only its served
+name (`evaluation.settings.FIXTURE_JUDGE_MODEL`), and the one product module that loads it is
+`pipelines.run`, lazily, when a config sets `evaluation.fixture_judge: true` (the quickstart).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
-FIXTURE_MODEL_NAME = "fixture-judge"
+from evaluation.settings import FIXTURE_JUDGE_MODEL as FIXTURE_MODEL_NAME
+
 FIXTURE_LABEL = "[FIXTURE JUDGE]"
 PAIRWISE_SCALE_WORDS = 20.0
 """Word difference that moves P(m) from 0.5 to sigmoid(1) ~ 0.73."""

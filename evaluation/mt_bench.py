@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from evaluation.fixture_judge import FIXTURE_MODEL_NAME
 from evaluation.judges import ChatRequest, JudgeClient, Judgment, raise_for_failures, template_id
+from evaluation.settings import FIXTURE_JUDGE_MODEL as FIXTURE_MODEL_NAME
 from evaluation.settings import MT_BENCH_JUDGE_MODEL as OFFICIAL_JUDGE_MODEL
 from evaluation.settings import NEED_REF_CATS, MTBenchConfig
 

@@ -19,6 +19,9 @@ SHARED_REFERENCE_OUTPUTS = SHARED_BENCHMARKS / "alpaca_eval" / "gpt4_1106_previe
 ALPACA_EVAL_HUB_REPO = "tatsu-lab/alpaca_eval"
 ALPACA_EVAL_JUDGE_MODEL = "gpt-4-1106-preview"
 MT_BENCH_JUDGE_MODEL = "gpt-4"
+# The name `evaluation.fixture_judge` (a test double for smoke runs) serves under: results judged
+# by it are labelled as such. Only the name lives here; the product never imports the fixture.
+FIXTURE_JUDGE_MODEL = "fixture-judge"
 NEED_REF_CATS = ("math", "reasoning", "coding")
 AUTO_KEY_ENV = "auto"
 OPENAI_KEY_ENV = "OPENAI_API_KEY"

@@ -90,8 +90,10 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--num-heads", type=int, default=4,
+                        help="attention heads (vLLM's CPU engine needs hidden_size / heads >= 32)")
     args = parser.parse_args()
-    path = build_tiny_model(args.out_dir, args.vocab_size, args.hidden_size, args.num_layers)
+    path = build_tiny_model(args.out_dir, args.vocab_size, args.hidden_size, args.num_layers, args.num_heads)
     print(f"tiny model written to {path}")
 
 

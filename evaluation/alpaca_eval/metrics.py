@@ -17,7 +17,7 @@ import numpy as np
 from evaluation.alpaca_eval.annotator import ANNOTATOR_NAME
 from evaluation.alpaca_eval.data import N_INSTRUCTIONS
 from evaluation.alpaca_eval.length_control import LengthControlConfig, length_controlled_winrate
-from evaluation.fixture_judge import FIXTURE_MODEL_NAME
+from evaluation.settings import FIXTURE_JUDGE_MODEL as FIXTURE_MODEL_NAME
 from evaluation.settings import ALPACA_EVAL_JUDGE_MODEL as OFFICIAL_JUDGE_MODEL
 
 

@@ -45,6 +45,13 @@ def clean_output(text: str) -> str:
     return text.strip()
 
 
+def answer_text(tokenizer: Any, token_ids: list[int]) -> str:
+    """The stored answer of generated ids, the same for both backends: one ``decode`` of them all,
+    special tokens skipped. (vLLM's incremental detokenizer renders a split UTF-8 character
+    differently, so its ``generated_text`` is not used.)"""
+    return clean_output(tokenizer.decode([int(token) for token in token_ids], skip_special_tokens=True))
+
+
 @dataclass(frozen=True)
 class Decoding:
     """The decoding settings of one prompt, resolved from benchmark defaults and overrides."""

@@ -62,7 +62,8 @@ class HFBackendConfig:
 
 @dataclass
 class VLLMBackendConfig:
-    """vLLM engines through Ray Data LLM (``ray.data.llm``), for GPU clusters."""
+    """vLLM engines through Ray Data LLM (``ray.data.llm``): GPU clusters, or CPU workers with the
+    CPU build of vLLM (placement from ``placement_group_config``)."""
 
     batch_size: int = 64
     """Rows sent to an engine per batch."""
@@ -86,7 +87,13 @@ class VLLMBackendConfig:
     accelerator_type: str | None = None
     """Ray accelerator type to schedule engines on (e.g. ``H100``)."""
     placement_group_config: dict[str, Any] | None = None
-    """Engine placement; ``{"bundles": [{"CPU": 1}]}`` for CPU builds of vLLM."""
+    """Engine placement (Ray placement-group bundles, one per tensor/pipeline-parallel worker).
+    ``None``: one ``{"GPU": 1, "CPU": 1}`` bundle per worker. ``{"bundles": [{"CPU": 1}]}`` runs
+    the CPU build of vLLM on CPU-only workers (tensor and pipeline parallel 1)."""
+    check_resources: bool = True
+    """Before starting, refuse (naming the numbers) when the Ray cluster has fewer CPUs / GPUs than
+    the engines plus Ray Data's own tasks need: otherwise the dataset waits forever, silently.
+    Turn off on an autoscaling cluster that grows on demand."""
     log_engine_metrics: bool = True
     """Export engine metrics to Prometheus (turn off for CPU builds of vLLM)."""
     runtime_env: dict[str, Any] | None = None

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from orpo.chat import turn_end_token_id
-from pipelines.generation.benchmarks import GREEDY_BELOW, clean_output
+from pipelines.generation.benchmarks import GREEDY_BELOW, answer_text
 from pipelines.generation.config import HFBackendConfig
 
 DECODING_COLUMNS = ("temperature", "top_p", "max_new_tokens", "seed")
@@ -22,7 +22,8 @@ class HFGenerator:
 
     Input columns: ``generation_id``, ``prompt_token_ids`` (already templated, see
     ``orpo.chat.encode_prompt``), ``temperature``, ``top_p``, ``max_new_tokens``, ``seed``.
-    Output columns: ``generation_id``, ``text``, ``num_generated_tokens``.
+    Output columns: ``generation_id``, ``text``, ``num_generated_tokens``, ``token_ids`` (the
+    generated ids, up to and including the stop token, as vLLM reports them).
 
     Rows of a batch that share decoding settings go through one ``generate`` call, left-padded
     so every prompt ends where generation starts. Sampled rows reseed torch with their seed
@@ -62,27 +63,28 @@ class HFGenerator:
             for values in zip(*batch.values())
         ]
         texts: dict[str, str] = {}
-        lengths: dict[str, int] = {}
+        tokens: dict[str, list[int]] = {}
         by_decoding = sorted(rows, key=_decoding_of)
         for decoding, group in itertools.groupby(by_decoding, key=_decoding_of):
             group = list(group)
-            for row, (text, length) in zip(
+            for row, (text, ids) in zip(
                 group, self.generate([row["prompt_token_ids"] for row in group], *decoding)
             ):
                 texts[row["generation_id"]] = text
-                lengths[row["generation_id"]] = length
+                tokens[row["generation_id"]] = ids
         ids = [row["generation_id"] for row in rows]
         return {
             "generation_id": ids,
             "text": [texts[i] for i in ids],
-            "num_generated_tokens": [lengths[i] for i in ids],
+            "num_generated_tokens": [len(tokens[i]) for i in ids],
+            "token_ids": [tokens[i] for i in ids],
         }
 
     @torch.inference_mode()
     def generate(
         self, prompts: list[Any], temperature: float, top_p: float, max_new_tokens: int, seed: int
-    ) -> list[tuple[str, int]]:
-        """(answer text, generated token count) for each prompt, all with the same settings."""
+    ) -> list[tuple[str, list[int]]]:
+        """(answer text, generated ids) for each prompt, all with the same settings."""
         padded = self.tokenizer.pad(
             {"input_ids": [list(ids) for ids in prompts]},
             padding=True,
@@ -109,12 +111,13 @@ class HFGenerator:
         new_tokens = output[:, padded["input_ids"].shape[1] :].tolist()  # (B, new)
         return [self._decode(tokens) for tokens in new_tokens]
 
-    def _decode(self, tokens: list[int]) -> tuple[str, int]:
+    def _decode(self, tokens: list[int]) -> tuple[str, list[int]]:
         end = next(
             (index + 1 for index, token in enumerate(tokens) if token in self.eos_token_ids),
             len(tokens),
         )
-        return clean_output(self.tokenizer.decode(tokens[:end], skip_special_tokens=True)), end
+        kept = tokens[:end]
+        return answer_text(self.tokenizer, kept), kept
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

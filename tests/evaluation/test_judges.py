@@ -624,3 +624,17 @@ def test_evaluation_stage_fails_on_judge_errors_and_rerun_sends_only_those(
     summary = stage.evaluate(cfg)
     assert server.stats.requests == 5 and summary["alpaca_eval"]["n_total"] == 4
     assert (tmp_path / "eval" / "summary.json").exists()
+
+
+def test_the_product_never_imports_the_fixture_judge():
+    """A test double stays out of the product: the metrics, the judge client and the stage entry
+    points load without `evaluation.fixture_judge` (only `pipelines.run` starts it, lazily, when a
+    config sets `evaluation.fixture_judge`)."""
+    code = (
+        "import sys, evaluation.judges, evaluation.mt_bench, evaluation.alpaca_eval, "
+        "evaluation.alpaca_eval.metrics, pipelines.evaluate, pipelines.run; "
+        "print('evaluation.fixture_judge' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[2], check=True)
+    assert out.stdout.strip() == "False"

@@ -229,10 +229,14 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(tiny_model
     long = encode_prompt(
         tokenizer, [{"role": "user", "content": "A much longer question about the sea " * 3}]
     )
-    together = generator(hf_batch([short, long]))["text"]
-    alone = [generator(hf_batch([ids]))["text"][0] for ids in (short, long)]
-    assert together == alone
-    assert all(together)
+    batch = generator(hf_batch([short, long]))
+    alone = [generator(hf_batch([ids])) for ids in (short, long)]
+    assert batch["text"] == [answer["text"][0] for answer in alone]
+    assert batch["token_ids"] == [answer["token_ids"][0] for answer in alone]
+    assert all(batch["text"])
+    # The ids are the generated ones: decoding them gives the text, their count is reported.
+    assert batch["num_generated_tokens"] == [len(ids) for ids in batch["token_ids"]]
+    assert [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in batch["token_ids"]] == batch["text"]
 
 
 def test_sampling_is_reproducible_per_seed(tiny_model):
@@ -302,9 +306,11 @@ def test_vllm_rows_carry_token_ids_and_sampling_params():
         skip_special_tokens=True,
     )
     answer = vllm_backend.postprocess(
-        {"generation_id": "7", "generated_text": " Hi there. ", "num_generated_tokens": 4}
+        {"generation_id": "7", "generated_text": " Hi there. ", "num_generated_tokens": 4,
+         "generated_tokens": np.array([11, 12, 13, 2])}
     )
-    assert answer == {"generation_id": "7", "text": "Hi there.", "num_generated_tokens": 4}
+    assert answer == {"generation_id": "7", "text": "Hi there.", "num_generated_tokens": 4,
+                      "token_ids": [11, 12, 13, 2]}
 
 
 @pytest.mark.distributed
@@ -319,10 +325,13 @@ def test_vllm_backend_path_through_ray_data(
         built["config"] = config
 
         def engine(row):  # what the vLLM engine stage adds to a row
+            tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+            ids = tokenizer(f" answer {len(row['tokenized_prompt'])}", add_special_tokens=False)["input_ids"]
             return {
                 **row,
-                "generated_text": f" answer {len(row['tokenized_prompt'])} ",
-                "num_generated_tokens": 2,
+                "generated_text": "(the engine's text; the stage stores the decoded ids)",
+                "num_generated_tokens": len(ids) + 1,
+                "generated_tokens": ids + [tokenizer.eos_token_id],
             }
 
         return lambda dataset: dataset.map(preprocess).map(engine).map(postprocess)
@@ -341,6 +350,7 @@ def test_vllm_backend_path_through_ray_data(
             "generation.backend=vllm",
             "generation.benchmarks=[ifeval]",
             "generation.vllm.tensor_parallel_size=4",
+            "generation.vllm.check_resources=false",  # 4 GPUs asked of a 2-CPU Ray
         ),
     )
     records = read_jsonl(generate_module.generate(cfg)["ifeval"])
@@ -352,6 +362,24 @@ def test_vllm_backend_path_through_ray_data(
         for r in IFEVAL
     ]
     assert [record["response"] for record in records] == expected
+
+
+def test_vllm_stage_refuses_a_placement_the_cluster_cannot_hold():
+    """Too few CPUs for the engines plus Ray Data's tasks would stall without a word (measured:
+    "Active & requested resources: 5/4 CPU" forever); the check fails first, naming the numbers."""
+    cpu_engine = VLLMBackendConfig(placement_group_config={"bundles": [{"CPU": 2}]}, concurrency=2)
+    assert vllm_backend.engine_resources(cpu_engine) == {"CPU": 2.0, "GPU": 0.0}
+    vllm_backend.check_resources(cpu_engine, {"CPU": 5.0})  # 2 x 2 + 1 for Ray Data
+    with pytest.raises(RuntimeError, match=r"has 4 CPUs and 0 GPUs; the vLLM stage needs 5 CPUs and 0 GPUs"):
+        vllm_backend.check_resources(cpu_engine, {"CPU": 4.0})
+    # GPU engines: one GPU per tensor-parallel worker unless placed otherwise.
+    tp2 = VLLMBackendConfig(tensor_parallel_size=2, concurrency=3)
+    assert vllm_backend.engine_resources(tp2) == {"CPU": 3.0, "GPU": 2.0}
+    vllm_backend.check_resources(tp2, {"CPU": 10.0, "GPU": 6.0})
+    with pytest.raises(RuntimeError, match=r"needs 10 CPUs and 6 GPUs"):
+        vllm_backend.check_resources(tp2, {"CPU": 64.0, "GPU": 4.0})
+    assert vllm_backend.engine_resources(VLLMBackendConfig()) == {"CPU": 1.0, "GPU": 1.0}
+    vllm_backend.check_resources(VLLMBackendConfig(check_resources=False), {"CPU": 1.0})
 
 
 # --- the whole stage ----------------------------------------------------------------------------
