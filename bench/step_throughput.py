@@ -294,9 +294,9 @@ def summarize(timed: dict[str, list[dict]], memory: dict[str, dict], padding: li
         return sum(run["reference_" + clock]) / sum(run[clock])
 
     peak = {name: run["peak_delta_mib"] for name, run in memory.items()}
-    measured: dict[str, dict[str, float]] = {}
+    realistic: dict[str, dict[str, float]] = {}
     if "real_packed" in timed:
-        measured.update({
+        realistic.update({
             "real: packed/TRL tokens/s": timing("real_packed", "real_trl", tokens_per_s),
             "real: packed/TRL peak memory": {"value": peak["real_packed"] / peak["real_trl"]},
             "real: packed padding waste": {"value": waste(timed["real_packed"])},
@@ -306,11 +306,11 @@ def summarize(timed: dict[str, list[dict]], memory: dict[str, dict], padding: li
             "real: TRL padding waste": {"value": waste(timed["real_trl"])},
         })
     if "ours" not in timed:  # --realistic-only
-        checks = {name: {**value, **_check(name, value["value"])} for name, value in measured.items()}
+        checks = {name: {**value, **_check(name, value["value"])} for name, value in realistic.items()}
         return {"rows": rows, "checks": checks, "trl_id_mismatches": max(r["id_mismatches"] for r in timed["real_trl"]),
                 "trl_tokens_match_ours": all(t["tokens"] == o["tokens"]
                                              for t, o in zip(timed["real_trl"], timed["real_padded"]))}
-    measured.update({
+    measured = {
         "ours/trl tokens/s": timing("ours", "trl", tokens_per_s),
         "ours/trl peak memory": {"value": peak["ours"] / peak["trl"]},
         "ours/bare tokens/s": timing("ours", "bare", tokens_per_s),
@@ -320,7 +320,7 @@ def summarize(timed: dict[str, list[dict]], memory: dict[str, dict], padding: li
             "wall": statistics.median(share(r, "step_s") for r in timed["dpo"])},
         "chunked/full peak memory": {"value": peak["logits_chunked"] / peak["logits_full"]},
         "chunked/full fwd+bwd time": timing("logits_chunked", "logits_full", step_time),
-    })
+    }
     if "trl_gc" in timed:
         measured["[diag] ours/TRL-with-checkpointing tok/s"] = timing("ours", "trl_gc", tokens_per_s)
         measured["[diag] ours/TRL-with-checkpointing memory"] = {"value": peak["ours"] / peak["trl_gc"]}
@@ -329,6 +329,7 @@ def summarize(timed: dict[str, list[dict]], memory: dict[str, dict], padding: li
         measured["[diag] ours-chunked/TRL peak memory"] = {"value": peak["ours_chunked"] / peak["trl"]}
     for row in padding:
         measured[f"padding, length-grouped, {row['set']}"] = {"value": row["grouped"]}
+    measured.update(realistic)
     checks = {name: {**value, **_check(name, value["value"])} for name, value in measured.items()}
     return {
         "rows": rows, "checks": checks,
@@ -404,7 +405,7 @@ def render(sizes: Sizes, spec: dict[str, Any], summary: dict[str, Any], padding:
         return "\n".join(out + _targets(summary))
     columns = f"{'tok/CPU-s':>10}{'tok/s wall':>12}{'CPU s/step':>12}{'peak ΔRSS MiB':>15}"
     out.append(f"{'1-3. training step: fwd + loss + bwd + AdamW':<50}{columns}")
-    for name in [n for n in LABELS if n in rows and not n.startswith("logits")]:
+    for name in [n for n in LABELS if n in rows and not n.startswith(("logits", "real_"))]:
         row = rows[name]
         out.append(f"  {LABELS[name]:<48}{row['tokens_per_cpu_s']:>10.0f}{row['tokens_per_wall_s']:>12.0f}"
                    f"{row['cpu_step_s']:>12.2f}{row['peak_delta_mib']:>15.1f}")

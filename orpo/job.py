@@ -103,6 +103,8 @@ def attach_engine(job: TrainingJob, cfg: TrainSections, module: torch.nn.Module,
     job.packed = use_packing(module, cfg.loop.packing)
     if cfg.loss.type.needs_reference_model and not cfg.loss.precompute_reference:
         job.reference = live_reference(cfg, job.model, job.model_path, device, dtype, job.chunked, wrap_reference)
+        if job.packed and not job.reference.disable_adapter:  # a separate model scores the packed batches too
+            job.packed = use_packing(job.reference.model, cfg.loop.packing)
 
 
 def live_reference(cfg: TrainSections, policy: torch.nn.Module | None, model_path: str, device: torch.device | None,

@@ -167,3 +167,24 @@ def test_the_local_launcher_trains_the_same_packed_or_padded(tmp_path, tiny_mode
     assert [m["loss"] for m in packed] == pytest.approx([m["loss"] for m in padded], abs=1e-5)
     assert all(m["padding_fraction"] == 0.0 for m in packed + auto) and padded[0]["padding_fraction"] > 0
     assert [m["loss"] for m in auto] == [m["loss"] for m in packed]
+
+
+def test_a_leaking_dpo_reference_model_turns_packing_off(tmp_path):
+    """The DPO reference scores the same packed batches: a reference whose attention leaks (OPT)
+    makes ``auto`` pad, and ``true`` refuse, however well the policy packs."""
+    from orpo.config import replace_values
+    from orpo.job import TrainingJob, attach_engine
+    from pipelines.config import Config
+
+    _opt().save_pretrained(tmp_path / "opt")
+    policy = _llama()
+    for packing in ("auto", True):
+        cfg = replace_values(Config(), {"loss.type": "dpo", "loss.reference_model": str(tmp_path / "opt"),
+                                        "loop.packing": packing, "model.dtype": "float32"})
+        job = TrainingJob(str(tmp_path / "unused"), None, policy)
+        if packing == "auto":
+            attach_engine(job, cfg, policy, torch.device("cpu"))
+            assert job.reference is not None and not job.packed
+        else:
+            with pytest.raises(ValueError, match="OPTForCausalLM"):
+                attach_engine(job, cfg, policy, torch.device("cpu"))
