@@ -18,6 +18,12 @@ attention, and flash-attention 2/3 run their varlen kernels on the boundaries
 row). A model whose attention ignores this would let tokens attend across sequences;
 ``packing_is_exact`` checks that numerically and ``use_packing`` refuses such models.
 
+On sdpa the block-diagonal mask costs attention over the whole row (quadratic in its length,
+several times the padded batch's attention at a few thousand tokens), so ``use_packing`` switches
+an sdpa model to ``VARLEN_SDPA``: the same sdpa kernel called once per packed sequence with
+``is_causal`` (the varlen kernels' arithmetic, on any device), and plain sdpa for any input that
+is not one packed row. The numeric check then runs on that path.
+
 Log-probs: only in-sequence next-token targets are scored (the first token of a sequence is
 predicted from nothing), through the LM head directly or in chunks (``orpo.logps``), and summed
 per sequence with ``index_add`` over the segment ids: the same ``PairLogps`` as the padded path.
@@ -25,6 +31,7 @@ per sequence with ``index_add`` over the segment ids: the same ``PairLogps`` as 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -43,6 +50,43 @@ from orpo.logps import (
 )
 
 PackingMode = bool | Literal["auto"]
+VARLEN_SDPA = "orpo_varlen_sdpa"
+
+
+def varlen_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, *args: Any, position_ids: torch.Tensor | None = None,
+                          **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' sdpa attention, run per sequence on one packed row (query ``(1, H, L, D)``).
+
+    Sequences start where ``position_ids`` (1, L) is 0; each gets causal attention over itself
+    alone, so the cost is Σ T_i², not L². Anything else (several rows, a KV cache, no position
+    ids) goes to plain sdpa with its mask. Returns ``(1, L, H, D)`` as sdpa does.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    length = query.shape[2]
+    if (position_ids is None or query.shape[0] != 1 or key.shape[2] != length
+            or position_ids.shape[-1] != length):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
+    starts = (position_ids.reshape(-1) == 0).nonzero().flatten().tolist()
+    if starts[:1] != [0]:
+        starts = [0, *starts]
+    if len(starts) == 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
+    kwargs.pop("is_causal", None)
+    bounds = [*starts, length]
+    pieces = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, *args,
+                                     is_causal=True, **kwargs)[0]
+              for a, b in itertools.pairwise(bounds)]
+    return torch.cat(pieces, dim=1), None
+
+
+def _register_varlen_sdpa() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention)
+    AttentionMaskInterface.register(VARLEN_SDPA, sdpa_mask)  # plain sdpa inputs keep their masks
 
 
 def is_packed(batch: dict[str, Any]) -> bool:
@@ -207,11 +251,17 @@ def use_packing(model: torch.nn.Module, mode: PackingMode) -> bool:
         return False
     if mode not in (True, "auto"):
         raise ValueError(f"loop.packing must be auto, true or false, got {mode!r}")
+    config = getattr(_unwrap(model), "config", None)
+    if getattr(config, "_attn_implementation", None) == "sdpa":
+        _register_varlen_sdpa()
+        config._attn_implementation = VARLEN_SDPA
+        if packing_error(model) <= packing_tolerance(model):
+            return True
+        config._attn_implementation = "sdpa"  # the model's sdpa attention is not the standard one
     error, tolerance = packing_error(model), packing_tolerance(model)
     if error <= tolerance:
         return True
     if mode is True:
-        config = getattr(_unwrap(model), "config", None)
         implementation = getattr(config, "_attn_implementation", None)
         raise ValueError(
             f"loop.packing=true is not supported for {type(_unwrap(model)).__name__} with "

@@ -127,11 +127,13 @@ def test_llama_attention_honours_packing(attn):
 
 
 def _opt():
-    """OPT: learned positions from the attention mask's cumsum and a mask that ignores position
-    ids, so a packed row attends (and counts positions) across sequences."""
+    """OPT with eager attention: its causal mask ignores position ids, so a packed row attends
+    across sequences. (Under sdpa ``use_packing`` switches it to per-sequence attention, which
+    the check then finds exact.)"""
     torch.manual_seed(0)
     config = OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
                        word_embed_proj_dim=64, pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+    config._attn_implementation = "eager"
     return OPTForCausalLM(config).float()
 
 
@@ -180,7 +182,8 @@ def test_a_leaking_dpo_reference_model_turns_packing_off(tmp_path):
     policy = _llama()
     for packing in ("auto", True):
         cfg = replace_values(Config(), {"loss.type": "dpo", "loss.reference_model": str(tmp_path / "opt"),
-                                        "loop.packing": packing, "model.dtype": "float32"})
+                                        "loop.packing": packing, "model.dtype": "float32",
+                                        "model.attn_implementation": "eager"})
         job = TrainingJob(str(tmp_path / "unused"), None, policy)
         if packing == "auto":
             attach_engine(job, cfg, policy, torch.device("cpu"))
@@ -188,3 +191,33 @@ def test_a_leaking_dpo_reference_model_turns_packing_off(tmp_path):
         else:
             with pytest.raises(ValueError, match="OPTForCausalLM"):
                 attach_engine(job, cfg, policy, torch.device("cpu"))
+
+
+def test_varlen_sdpa_is_per_sequence_causal_attention(monkeypatch):
+    """``VARLEN_SDPA`` on one packed row equals sdpa with the block-diagonal causal mask, calls the
+    sdpa kernel once per sequence (never over the whole row), and is what ``use_packing`` sets."""
+    import torch.nn.functional as F
+    from transformers.integrations import sdpa_attention
+
+    from orpo.packing import VARLEN_SDPA, varlen_sdpa_attention
+
+    torch.manual_seed(0)
+    lengths = [5, 9, 3]
+    q, k, v = (torch.randn(1, 4, sum(lengths), 8) for _ in range(3))
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    segments = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
+    mask = (segments[:, None] == segments[None, :]) & torch.ones(len(segments), len(segments), dtype=torch.bool).tril()
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+    module = torch.nn.Module()
+    out, _ = varlen_sdpa_attention(module, q, k, v, None, position_ids=positions)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+    calls = []
+    original = sdpa_attention.sdpa_attention_forward
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward",
+                        lambda m, q, *a, **kw: calls.append(q.shape[2]) or original(m, q, *a, **kw))
+    model = _llama()
+    assert use_packing(model, True) and model.config._attn_implementation == VARLEN_SDPA
+    calls.clear()
+    concatenated_forward(model, PackedCollator(PAD)(_examples(2)))
+    assert len(calls) == 2 * 4 and max(calls) < 40  # 2 layers x 4 sequences, each a sequence's length
