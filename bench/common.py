@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ import torch
 
 from orpo.chat import render_conversation, render_prompt
 from orpo.collate import PreferenceCollator
+from orpo.packing import real_tokens as real_tokens_of
 from orpo.synthetic import make_preference_records
 
 MiB = 1024 * 1024
@@ -101,6 +103,50 @@ def varied_length_records(n: int, tokenizer: Any, min_tokens: int, max_tokens: i
             for r in base]
 
 
+# Long-tailed lengths modelled on UltraFeedback (HuggingFaceH4/ultrafeedback_binarized, train_prefs),
+# in tokens: lognormal, the usual model for text lengths (a product of many small independent
+# factors; a heavy right tail, no negative values). Parameters (median, sigma), matched to the
+# dataset's shape as published rather than fitted to its rows (no hub access here): prompts have
+# a median of ~80 tokens but a mean of ~160 (ShareGPT/Evol-Instruct prompts with pasted text make
+# a long tail: sigma = sqrt(2 ln(mean/median)) = 1.18); responses a median of ~260 and a mean of
+# ~320 (sigma 0.64), chosen and rejected drawn independently. 4 prompt + 2 chosen + 1 rejected
+# texts per row (prompt, chosen and rejected conversations, messages) at these means is ~1.6k
+# tokens, ~6.5 kB at ~4 bytes/token: the card's 405.7 MB / 61,135 rows = 6.6 kB per row.
+# Real runs truncate at max_length 1024 / max_prompt_length 512 (the ORPO/Zephyr recipes).
+ULTRAFEEDBACK_PROMPT = (80.0, 1.18)
+ULTRAFEEDBACK_RESPONSE = (260.0, 0.64)
+
+
+def _lognormal_tokens(rng: random.Random, median: float, sigma: float, low: int = 4, high: int = 4000) -> int:
+    return int(min(max(round(rng.lognormvariate(math.log(median), sigma)), low), high))
+
+
+# Chat-template tokens around a prompt and a response (role headers, BOS, EOS), with room to spare.
+TEMPLATE_MARGIN = 8
+
+
+def ultrafeedback_like_records(n: int, tokenizer: Any, seed: int, max_length: int,
+                               max_prompt_length: int) -> list[dict[str, str]]:
+    """``n`` records whose prompt and response token lengths follow ``ULTRAFEEDBACK_*`` (lognormal).
+
+    Lengths are cut as a run truncates them (prompt to ``max_prompt_length``, responses to what
+    ``max_length`` leaves), but in the text, before tokenization: our truncation and TRL's differ
+    (it keeps the prompt's end without BOS and cuts responses to ``max_length - max_prompt_length``),
+    and the comparison needs both to train on the same token ids.
+    """
+    rng = random.Random(seed)
+    base = make_preference_records(n, seed)
+    pool = [r["chosen"] for r in base] + [r["rejected"] for r in base] + [r["prompt"] for r in base]
+    records = []
+    for _ in base:
+        prompt = min(_lognormal_tokens(rng, *ULTRAFEEDBACK_PROMPT), max_prompt_length - TEMPLATE_MARGIN)
+        room = max_length - prompt - 2 * TEMPLATE_MARGIN
+        records.append({key: _text_of_length(tokenizer, pool, length, rng) for key, length in (
+            ("prompt", prompt), ("chosen", min(_lognormal_tokens(rng, *ULTRAFEEDBACK_RESPONSE), room)),
+            ("rejected", min(_lognormal_tokens(rng, *ULTRAFEEDBACK_RESPONSE), room)))})
+    return records
+
+
 def trl_strings(record: dict[str, str], tokenizer: Any) -> dict[str, str]:
     """The record as TRL's ORPOTrainer takes it: rendered prompt text and response texts.
 
@@ -127,9 +173,10 @@ def padding_waste(examples: Sequence[dict[str, Any]], batches: Sequence[Sequence
     """Pad positions / all positions over the collated batches (a token-weighted aggregate)."""
     pad = total = 0
     for idx in batches:
-        mask = collator([examples[i] for i in idx])["attention_mask"]  # (2B, T)
-        pad += int(mask.numel() - mask.sum())
-        total += mask.numel()
+        batch = collator([examples[i] for i in idx])  # padded (2B, T) or packed (1, L)
+        real = int(real_tokens_of(batch))
+        pad += batch["input_ids"].numel() - real
+        total += batch["input_ids"].numel()
     return pad / total
 
 

@@ -20,6 +20,7 @@ from orpo.collate import PreferenceCollator
 from orpo.engine import TorchEngine
 from orpo.losses import LossType
 from orpo.objective import GlobalCounts, ModelReference, batch_counts, micro_batch_loss
+from orpo.packing import PackedCollator, real_tokens
 from orpo.trainer import MetricSums
 from orpo.trainer_config import LossConfig, OptimConfig
 
@@ -51,8 +52,11 @@ def _timed_steps(step_fn, batches: list[list[int]], warmup: int) -> dict[str, An
 
 
 def run_ours(spec: dict[str, Any], loss_type: LossType = LossType.ORPO,
-             chunked: bool = False) -> dict[str, Any]:
-    """orpo: collate, concatenated forward, objective, backward, clip + AdamW (the trainer's body)."""
+             chunked: bool = False, packed: bool = False) -> dict[str, Any]:
+    """orpo: collate, concatenated forward, objective, backward, clip + AdamW (the trainer's body).
+
+    ``packed``: padding-free packed micro-batches (``orpo.packing``), as ``loop.packing`` gives.
+    """
     examples, batches = _batches(spec)
     model = _load_model(spec["model_dir"])
     reference, reference_s, reference_cpu_s = None, [], []
@@ -68,7 +72,7 @@ def run_ours(spec: dict[str, Any], loss_type: LossType = LossType.ORPO,
 
     loss_cfg = LossConfig(type=loss_type, lam=spec["lam"], beta=spec["beta"])
     engine = TorchEngine(model, OptimConfig(lr=spec["lr"], schedule="constant"), total_steps=len(batches))
-    collator = PreferenceCollator(spec["pad_id"])
+    collator = PackedCollator(spec["pad_id"]) if packed else PreferenceCollator(spec["pad_id"])
     window = MetricSums()
 
     def step(indices: list[int]) -> int:
@@ -79,9 +83,13 @@ def run_ours(spec: dict[str, Any], loss_type: LossType = LossType.ORPO,
         engine.backward(loss)
         engine.step()
         window.add(metrics, n_pairs)  # the trainer reads every metric each micro-batch
-        return int(batch["attention_mask"].sum())
+        positions.append(batch["input_ids"].numel())
+        return int(real_tokens(batch))
+
+    positions: list[int] = []
 
     result = _timed_steps(step, batches, spec["warmup"])
+    result["positions"] = positions[spec["warmup"]:]
     if reference_s:
         result["reference_step_s"] = reference_s[spec["warmup"]:]
         result["reference_cpu_s"] = reference_cpu_s[spec["warmup"]:]
@@ -157,7 +165,13 @@ def run_trl(spec: dict[str, Any], gradient_checkpointing: bool = False) -> dict[
         batch = collate(features)
         real = batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum()
         collated_tokens.append(int(real))
+        # Its concatenated forward pads chosen and rejected to their common longest length.
+        rows, longest = batch["chosen_input_ids"].shape[0], max(batch["chosen_input_ids"].shape[1],
+                                                                batch["rejected_input_ids"].shape[1])
+        collated_positions.append(2 * rows * longest)
         return batch
+
+    collated_positions: list[int] = []
 
     trainer.data_collator = counting_collator
     ours = [data["examples"][i] for i in order]
@@ -173,7 +187,8 @@ def run_trl(spec: dict[str, Any], gradient_checkpointing: bool = False) -> dict[
     step_s = [b[0] - a[0] for a, b in zip(clock.ends, clock.ends[1:])]
     cpu_s = [b[1] - a[1] for a, b in zip(clock.ends, clock.ends[1:])]
     return {"step_s": step_s[warmup:], "cpu_s": cpu_s[warmup:], "tokens": collated_tokens[warmup:n_steps],
-            "id_mismatches": mismatched, "optimizer": args.optim, **memory}
+            "positions": collated_positions[warmup:n_steps], "id_mismatches": mismatched, "optimizer": args.optim,
+            **memory}
 
 
 def run_logits(spec: dict[str, Any], chunked: bool) -> dict[str, Any]:
@@ -209,6 +224,10 @@ VARIANTS = {
     "bare": run_bare,
     "dpo": lambda spec: run_ours(spec, LossType.DPO),
     "ours_chunked": lambda spec: run_ours(spec, chunked=True),
+    # Realistic lengths, vocabulary 32k: the log-prob path loop.logits_mode=auto picks there (chunked).
+    "real_packed": lambda spec: run_ours(spec, chunked=True, packed=True),
+    "real_padded": lambda spec: run_ours(spec, chunked=True),
+    "real_trl": run_trl,
     "logits_full": lambda spec: run_logits(spec, chunked=False),
     "logits_chunked": lambda spec: run_logits(spec, chunked=True),
 }

@@ -34,6 +34,7 @@ from orpo.modeling import (
     prepare_for_training,
 )
 from orpo.objective import ModelReference, ReferenceLogps
+from orpo.packing import PackedCollator, use_packing
 from orpo.trainer_config import TrainSections
 
 # Seeds differ per rank (dropout masks must), by a large odd stride so ranks never share a stream.
@@ -52,8 +53,13 @@ class TrainingJob:
     """Whether log-probs go through the chunked LM-head path (set by ``attach_engine``)."""
     reference: ReferenceLogps | None = None
     """Live DPO reference log-probs; None for reference-free losses and precomputed references."""
+    packed: bool = False
+    """Whether micro-batches are packed (``orpo.packing``; set by ``attach_engine``)."""
 
-    def collator(self, pad_to_multiple_of: int | None) -> PreferenceCollator:
+    def collator(self, pad_to_multiple_of: int | None) -> PreferenceCollator | PackedCollator:
+        """The training collator: packed once ``attach_engine`` has found packing exact, else padded."""
+        if self.packed:
+            return PackedCollator(self.tokenizer.pad_token_id, pad_to_multiple_of)
         return PreferenceCollator(self.tokenizer.pad_token_id, pad_to_multiple_of)
 
 
@@ -86,15 +92,19 @@ def build_job(cfg: TrainSections, model_path: str, device: torch.device | None,
 def attach_engine(job: TrainingJob, cfg: TrainSections, module: torch.nn.Module, device: torch.device | None,
                   dtype: torch.dtype | None = None,
                   wrap_reference: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> None:
-    """Resolve the log-prob path on what the loop will call (``module``: the policy, or the
-    DeepSpeed engine, which under ZeRO-3 alone can run a forward) and build the live reference.
+    """Resolve the log-prob path and packing on what the loop will call (``module``: the policy,
+    or the DeepSpeed engine, which under ZeRO-3 alone can run a forward) and build the live
+    reference. Both checks run one tiny forward on every rank (collectives under ZeRO-3).
 
     ``wrap_reference`` lets a launcher wrap a separately loaded reference (ZeRO-3 partitions it
     in an inference engine).
     """
     job.chunked = use_chunked(module, cfg.loop.logits_mode)
+    job.packed = use_packing(module, cfg.loop.packing)
     if cfg.loss.type.needs_reference_model and not cfg.loss.precompute_reference:
         job.reference = live_reference(cfg, job.model, job.model_path, device, dtype, job.chunked, wrap_reference)
+        if job.packed and not job.reference.disable_adapter:  # a separate model scores the packed batches too
+            job.packed = use_packing(job.reference.model, cfg.loop.packing)
 
 
 def live_reference(cfg: TrainSections, policy: torch.nn.Module | None, model_path: str, device: torch.device | None,

@@ -273,7 +273,14 @@ def concatenated_forward(
     chunked: bool = False,
     chunk_size: int = 1024,
 ) -> PairLogps:
-    """One forward over chosen and rejected together; per-sequence stats for the losses."""
+    """One forward over chosen and rejected together; per-sequence stats for the losses.
+
+    A packed batch (``orpo.packing.PackedCollator``) goes through ``orpo.packing.packed_forward``.
+    """
+    if "segment_ids" in batch:
+        from orpo.packing import packed_forward  # orpo.packing builds on this module
+
+        return packed_forward(model, batch, nll_span, chunked, chunk_size)
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     if chunked:
         token_logps = token_logps_chunked(model, input_ids, attention_mask, chunk_size)  # (2B, T-1)

@@ -18,6 +18,7 @@ import torch
 
 from orpo.logps import PairLogps, concatenated_forward
 from orpo.losses import LossType, Metrics, dpo_loss, orpo_loss, sft_loss, simpo_loss
+from orpo.packing import is_packed, packed_counts
 from orpo.trainer_config import LossConfig
 
 
@@ -69,6 +70,9 @@ OBJECTIVES: dict[LossType, Callable[..., tuple[torch.Tensor, Metrics]]] = {
 
 def batch_counts(batch: dict[str, torch.Tensor], cfg: LossConfig) -> torch.Tensor:
     """This micro-batch's (pairs, NLL tokens), to be summed into ``GlobalCounts``."""
+    if is_packed(batch):
+        n_pairs, nll_tokens = packed_counts(batch, cfg.nll_span)
+        return torch.tensor([float(n_pairs), float(nll_tokens)], dtype=torch.float64)
     n_pairs = batch["input_ids"].shape[0] // 2
     if cfg.nll_span == "response":
         nll_tokens = (batch["labels"][:n_pairs, 1:] != -100).sum()

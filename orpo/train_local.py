@@ -20,8 +20,15 @@ from orpo.config import to_dict
 from orpo.context import LocalContext, resolve_device
 from orpo.data import TokenizedBatch, assign_split, tokenize_records
 from orpo.engine import TorchEngine
-from orpo.job import (attach_engine, build_job, claim_output_dir, export_trained, reference_logps,
-                      reference_scorer, seed_for_training)
+from orpo.job import (
+    attach_engine,
+    build_job,
+    claim_output_dir,
+    export_trained,
+    reference_logps,
+    reference_scorer,
+    seed_for_training,
+)
 from orpo.modeling import resolve_model_path
 from orpo.sources import load_labeled_records
 from orpo.trainer import LoopInputs, train
@@ -95,8 +102,8 @@ def run(cfg: Any, echo: bool = True) -> LocalContext:
     job = build_job(cfg, model_path, device)
     train_set, eval_set, stats = prepare_data(cfg.data, job.tokenizer, output_dir)
     (output_dir / "data_stats.json").write_text(json.dumps(stats, indent=2))
-    collator = job.collator(cfg.data.pad_to_multiple_of)
     if cfg.loss.type.needs_reference_model and cfg.loss.precompute_reference:
+        collator = job.collator(cfg.data.pad_to_multiple_of)  # padded: packing is decided below
         scorer = reference_scorer(cfg, model_path, device)
         for examples in (train_set.examples, eval_set.examples):
             for example, (chosen, rejected) in zip(examples, reference_logps(
@@ -107,14 +114,16 @@ def run(cfg: Any, echo: bool = True) -> LocalContext:
     micro = cfg.loop.micro_batch_size
     steps_per_epoch = cfg.loop.steps_per_epoch(len(train_set.examples), world_size=1)
 
+    engine = TorchEngine(job.model, cfg.optim, cfg.loop.total_steps(steps_per_epoch))
+    attach_engine(job, cfg, engine.module, device)
+    collator = job.collator(cfg.data.pad_to_multiple_of)
+
     def train_batches(epoch: int):
         return make_batches(train_set.examples, collator, micro, cfg.data.seed + epoch, cfg.data.group_by_length)
 
     def eval_batches():
         return make_batches(eval_set.examples, collator, micro, 0, False, drop_last=False)
 
-    engine = TorchEngine(job.model, cfg.optim, cfg.loop.total_steps(steps_per_epoch))
-    attach_engine(job, cfg, engine.module, device)
     seed_for_training(cfg, ctx.rank)
     inputs = LoopInputs(train_batches, steps_per_epoch, eval_batches if eval_set.examples else None,
                         job.reference, job.chunked)

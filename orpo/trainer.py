@@ -19,6 +19,7 @@ import torch
 from orpo.context import TrainContext, all_reduce_sum
 from orpo.engine import Engine, rng_state, set_rng_state
 from orpo.objective import GlobalCounts, ReferenceLogps, batch_counts, micro_batch_loss
+from orpo.packing import real_tokens
 from orpo.trainer_config import TrainSections
 
 Batch = dict[str, torch.Tensor]
@@ -123,7 +124,7 @@ def train(cfg: TrainSections, ctx: TrainContext, engine: Engine, inputs: LoopInp
                 engine.backward(loss)
                 metrics["padding_fraction"] = batch["padding_fraction"]
                 window.add(metrics, n_pairs)
-                window_tokens = window_tokens + batch["attention_mask"].sum()
+                window_tokens = window_tokens + real_tokens(batch)
             lr = engine.lr()
             grad_norms.append(engine.step())
             state.step += 1

@@ -204,6 +204,11 @@ class LoopConfig:
     """Log-prob path: direct logits, chunked LM head, or auto (chunked for large vocabularies)."""
     logits_chunk_size: int = 1024
     """Tokens per LM-head chunk on the chunked path."""
+    packing: bool | Literal["auto"] = "auto"
+    """Padding-free packing (``orpo.packing``): a micro-batch's chosen and rejected sequences in
+    one row, positions restarting per sequence, attention kept inside each. ``auto`` packs where
+    one tiny forward shows the model's attention honours it and pads otherwise; ``true`` refuses
+    models whose attention would cross sequences; ``false`` always pads."""
     seed: int = 0
     """Seed for model init noise (dropout) and the data order."""
     device: str = "auto"

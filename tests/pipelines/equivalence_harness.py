@@ -64,6 +64,8 @@ class Cell:
     world_size: int = 1
     reference: str = "loaded"
     """DPO only: the reference model kept ``loaded``, or its log-probs ``precomputed``."""
+    packed: bool = False
+    """Padding-free packed micro-batches (``orpo.packing``); the reference stays padded."""
     export: str | None = None
     """Also export the trained model (``full``, ``merged`` or ``adapter``), reload it and compare its
     logits with the in-training model's."""
@@ -74,6 +76,7 @@ class Cell:
                 f"{'lora' if self.lora else 'full'}-{self.loss_type}-ws{self.world_size}")
         if self.loss_type == "dpo":
             name += f"-ref-{self.reference}"
+        name += "-packed" if self.packed else ""
         return name + (f"-export-{self.export}" if self.export else "")
 
     @property
@@ -169,12 +172,14 @@ def load_model(model_dir: Path, cfg) -> torch.nn.Module:
 def micro_batches(cell: Cell) -> list[list[dict[str, torch.Tensor]]]:
     """Per optimiser step, the global batch as micro-batches of MICRO_PAIRS pairs, in global order.
 
-    Lengths vary so every micro-batch has padding; the data depend only on the global batch size.
+    Lengths vary so every padded micro-batch has padding; the data depend only on the global batch
+    size. Packed cells get the same pairs packed (``orpo.packing.PackedCollator``).
     """
     from orpo.collate import PreferenceCollator
+    from orpo.packing import PackedCollator
 
     rng = random.Random(SEED + cell.global_pairs)
-    collate = PreferenceCollator(PAD_ID)
+    collate = PackedCollator(PAD_ID) if cell.packed else PreferenceCollator(PAD_ID)
     steps = []
     for _ in range(STEPS):
         pairs = []
@@ -254,7 +259,7 @@ def run_deepspeed(cell: Cell, model_dir: Path, rank: int, workdir: Path) -> RunR
         from transformers.integrations import HfDeepSpeedConfig
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-        hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841  (ZeRO-3 init while the model loads)
+        hf_ds_config = HfDeepSpeedConfig(ds_config)
         model = load_model(model_dir, cfg)
         del hf_ds_config
         unset_hf_deepspeed_config()
@@ -263,6 +268,10 @@ def run_deepspeed(cell: Cell, model_dir: Path, rank: int, workdir: Path) -> RunR
     engine = DeepSpeedEngine(model, cfg, ds_config, STEPS)
     if cell.chunked:  # as pipelines.train resolves it: a tiny forward through the engine (every rank)
         assert use_chunked(engine.module, LogitsMode.AUTO)  # vocabulary 32k: auto picks chunked
+    if cell.packed:  # as pipelines.train resolves loop.packing: a tiny forward through the engine
+        from orpo.packing import use_packing
+
+        assert use_packing(engine.module, True)
     live_zero3_reference = cell.zero_stage == 3 and cell.loss_type == "dpo" and cell.reference == "loaded"
     wrap = None
     if live_zero3_reference:  # as pipelines.train: loaded partitioned, wrapped in an inference engine
@@ -270,8 +279,8 @@ def run_deepspeed(cell: Cell, model_dir: Path, rank: int, workdir: Path) -> RunR
 
         from pipelines.deepspeed_engine import inference_engine
 
-        hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841
-        wrap = lambda m: inference_engine(m, ds_config)  # noqa: E731
+        hf_ds_config = HfDeepSpeedConfig(ds_config)
+        wrap = lambda m: inference_engine(m, ds_config)
     reference, scorer = dpo_reference(cell, cfg, model, model_dir, wrap)
     if live_zero3_reference:
         del hf_ds_config
@@ -451,7 +460,7 @@ if __name__ == "__main__":
         worker(int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
     else:
         sys.path.insert(0, str(REPO_ROOT))
-        from test_equivalence_matrix import CELLS  # noqa: E402
+        from test_equivalence_matrix import CELLS
 
         # python equivalence_harness.py [WORKDIR [SUBSTRING ...]]: the cells whose names contain one
         workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="equivalence-"))

@@ -11,6 +11,8 @@ Tolerances, fp32 throughout:
 - grad norm: relative 2e-4. TorchEngine's fp32 ``clip_grad_norm_`` is itself ~5e-5 off the
   float64 norm of the same gradients for this 2M-element embedding (measured: 2.370449 vs
   2.370543); DeepSpeed's ZeRO 1-3 norm agrees with the float64 one.
+- packed cells: the same bounds against the padded reference (packing changes only the order of
+  summation inside attention and the per-sequence sums).
 - export round trips: the reloaded checkpoint's logits equal the in-training model's to 1e-5
   absolute (merging LoRA rounds W0 + B·A once in fp32, ~1e-7 relative; a wrong or missing tensor
   changes logits by ~1e-1).
@@ -48,6 +50,12 @@ CELLS += [Cell(0, 2, False, False, "dpo"), Cell(3, 2, True, False, "dpo"), Cell(
 CELLS += [Cell(3, 1, True, False, export="full"), Cell(2, 1, True, True, export="merged"),
           Cell(3, 1, True, True, export="merged"), Cell(2, 1, False, True, export="adapter"),
           Cell(3, 2, True, True, world_size=2, export="merged")]
+# Padding-free packing (orpo.packing) against the padded single-process reference: every objective,
+# direct and chunked, accumulation, LoRA, ZeRO-3 and two ranks (rank-dependent packed lengths).
+CELLS += [Cell(0, 2, False, False, packed=True), Cell(3, 2, True, False, world_size=2, packed=True),
+          Cell(2, 2, True, True, "simpo", packed=True), Cell(3, 2, True, False, "sft", packed=True),
+          Cell(3, 2, True, False, "dpo", packed=True),
+          Cell(2, 1, False, True, "dpo", reference="precomputed", packed=True)]
 EXPORT_LOGITS_ATOL = 1e-5
 
 

@@ -46,20 +46,24 @@ def _losses(out):
 
 
 def test_zero_stages_match_and_export_reloads(tmp_path, tiny_model_dir, data_dir, shared_ray):
-    """ZeRO 2 and 3 follow ZeRO 0's loss trajectory.
+    """ZeRO 2 and 3 follow ZeRO 0's loss trajectory, and so does ZeRO 0 with padded batches.
 
     Same data (one tokenized dir), same init, fp32: the stages differ only in how gradients are
     reduced (all-reduce vs reduce-scatter, bucketed) and so in float summation order, ~1e-7
-    relative per step; AdamW and 8 steps amplify that to well under 1e-4 relative.
+    relative per step; AdamW and 8 steps amplify that to well under 1e-4 relative. The default
+    ``loop.packing=auto`` packs the tiny Llama (no padding); ``false`` pads the same pairs.
     """
     trajectories = {}
-    for stage in (0, 2, 3):
+    for stage in (0, 2, 3, "0-padded"):
         out = tmp_path / f"zero{stage}"
-        run(_cfg(out, tiny_model_dir, data_dir, f"deepspeed.zero_stage={stage}", "loop.max_steps=8",
-                 "loop.save_steps=null"))
+        run(_cfg(out, tiny_model_dir, data_dir, f"deepspeed.zero_stage={str(stage)[0]}", "loop.max_steps=8",
+                 "loop.save_steps=null", f"loop.packing={'false' if stage == '0-padded' else 'auto'}"))
         trajectories[stage] = _losses(out)
+        padding = [r["padding_fraction"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                   if "padding_fraction" in r]
+        assert (min(padding) > 0) if stage == "0-padded" else (max(padding) == 0.0), (stage, padding)
     assert len(trajectories[0]) == 8
-    for stage in (2, 3):
+    for stage in (2, 3, "0-padded"):
         torch.testing.assert_close(torch.tensor(trajectories[stage]), torch.tensor(trajectories[0]),
                                    rtol=1e-4, atol=0)
     assert trajectories[0][-1] < trajectories[0][0]  # it trains
