@@ -61,7 +61,7 @@ LABELS = {
     "ours_chunked": "[diag] ours, ORPO with chunked=True",
     "logits_full": "full logits (chunked=False)",
     "logits_chunked": "chunked LM head (chunked=True)",
-    "real_packed": "ours, ORPO, packed (loop.packing=auto)",
+    "real_packed": "ours, ORPO, packed (loop.packing=true)",
     "real_padded": "ours, ORPO, padded (loop.packing=false)",
     "real_trl": "TRL ORPOTrainer.train(), matched args",
 }

@@ -245,12 +245,19 @@ def packing_tolerance(model: torch.nn.Module) -> float:
 
 
 def use_packing(model: torch.nn.Module, mode: PackingMode) -> bool:
-    """Resolve ``loop.packing``: ``auto`` packs where ``packing_error`` shows the model's attention
-    stays inside each sequence; ``True`` raises where it would leak; ``False`` never packs."""
+    """Resolve ``loop.packing``: ``auto`` packs on GPUs where ``packing_error`` shows the model's
+    attention stays inside each sequence; ``True`` packs on any device and raises where attention
+    would leak; ``False`` never packs.
+
+    ``auto`` pads on CPU: there the packed step measured slower than the padded one (0.84x its
+    tokens/s in ``bench/step_throughput.py`` section 6: the chunked LM head already skips padding,
+    and the per-sequence attention has overheads of its own)."""
     if mode is False:
         return False
     if mode not in (True, "auto"):
         raise ValueError(f"loop.packing must be auto, true or false, got {mode!r}")
+    if mode == "auto" and _unwrap(model).get_output_embeddings().weight.device.type != "cuda":
+        return False
     config = getattr(_unwrap(model), "config", None)
     if getattr(config, "_attn_implementation", None) == "sdpa":
         _register_varlen_sdpa()

@@ -206,9 +206,10 @@ class LoopConfig:
     """Tokens per LM-head chunk on the chunked path."""
     packing: bool | Literal["auto"] = "auto"
     """Padding-free packing (``orpo.packing``): a micro-batch's chosen and rejected sequences in
-    one row, positions restarting per sequence, attention kept inside each. ``auto`` packs where
-    one tiny forward shows the model's attention honours it and pads otherwise; ``true`` refuses
-    models whose attention would cross sequences; ``false`` always pads."""
+    one row, positions restarting per sequence, attention kept inside each. ``auto`` packs on GPUs
+    where one tiny forward shows the model's attention honours it, and pads otherwise (on CPU the
+    packed step measured slower); ``true`` packs on any device and refuses models whose attention
+    would cross sequences; ``false`` always pads."""
     seed: int = 0
     """Seed for model init noise (dropout) and the data order."""
     device: str = "auto"

@@ -122,8 +122,9 @@ def test_counts_equal_the_padded_path():
 def test_llama_attention_honours_packing(attn):
     model = _llama(attn)
     assert packing_error(model) < 1e-5  # measured ~3e-7 (fp32 summation order)
-    assert use_packing(model, "auto") and use_packing(model, True)
+    assert use_packing(model, True)
     assert not use_packing(model, False)
+    assert not use_packing(model, "auto")  # auto pads on CPU, where packing measured slower
 
 
 def _opt():
@@ -153,7 +154,7 @@ def test_a_model_whose_attention_leaks_is_refused():
 
 def test_the_local_launcher_trains_the_same_packed_or_padded(tmp_path, tiny_model_dir):
     """``orpo.train_local`` end to end: packing=true and false give the same losses (token-normalised
-    NLL, accumulation 2); auto packs the tiny Llama (padding_fraction 0)."""
+    NLL, accumulation 2); on CPU auto pads (packing measured slower here)."""
     from orpo.config import load_config
     from orpo.train_local import run
     from pipelines.config import Config
@@ -167,13 +168,14 @@ def test_the_local_launcher_trains_the_same_packed_or_padded(tmp_path, tiny_mode
 
     packed, padded, auto = losses("true"), losses("false"), losses("auto")
     assert [m["loss"] for m in packed] == pytest.approx([m["loss"] for m in padded], abs=1e-5)
-    assert all(m["padding_fraction"] == 0.0 for m in packed + auto) and padded[0]["padding_fraction"] > 0
-    assert [m["loss"] for m in auto] == [m["loss"] for m in packed]
+    assert all(m["padding_fraction"] == 0.0 for m in packed) and padded[0]["padding_fraction"] > 0
+    assert [m["loss"] for m in auto] == [m["loss"] for m in padded]
 
 
 def test_a_leaking_dpo_reference_model_turns_packing_off(tmp_path):
     """The DPO reference scores the same packed batches: a reference whose attention leaks (OPT)
-    makes ``auto`` pad, and ``true`` refuse, however well the policy packs."""
+    makes ``true`` refuse, however well the policy packs (and ``auto``, which pads on CPU anyway,
+    pad)."""
     from orpo.config import replace_values
     from orpo.job import TrainingJob, attach_engine
     from pipelines.config import Config

@@ -50,14 +50,14 @@ def test_zero_stages_match_and_export_reloads(tmp_path, tiny_model_dir, data_dir
 
     Same data (one tokenized dir), same init, fp32: the stages differ only in how gradients are
     reduced (all-reduce vs reduce-scatter, bucketed) and so in float summation order, ~1e-7
-    relative per step; AdamW and 8 steps amplify that to well under 1e-4 relative. The default
-    ``loop.packing=auto`` packs the tiny Llama (no padding); ``false`` pads the same pairs.
+    relative per step; AdamW and 8 steps amplify that to well under 1e-4 relative.
+    ``loop.packing=true`` packs the tiny Llama (no padding); ``false`` pads the same pairs.
     """
     trajectories = {}
     for stage in (0, 2, 3, "0-padded"):
         out = tmp_path / f"zero{stage}"
         run(_cfg(out, tiny_model_dir, data_dir, f"deepspeed.zero_stage={str(stage)[0]}", "loop.max_steps=8",
-                 "loop.save_steps=null", f"loop.packing={'false' if stage == '0-padded' else 'auto'}"))
+                 "loop.save_steps=null", f"loop.packing={'false' if stage == '0-padded' else 'true'}"))
         trajectories[stage] = _losses(out)
         padding = [r["padding_fraction"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
                    if "padding_fraction" in r]
