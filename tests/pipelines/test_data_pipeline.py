@@ -221,8 +221,12 @@ def test_one_file_is_read_in_parallel_pieces_with_the_single_process_rows(tmp_pa
                                                                 (27, "wrong_type"), (28, "record_too_large")}
 
     data_pipeline.preprocess(cfg, pipeline, str(tiny_model_dir), False, tmp_path / "again")
-    order = lambda d: [(r["source"], r["index"]) for r in data_pipeline.split_dataset(d, "train", 0).iter_rows()]  # noqa: E731
-    assert order(tmp_path / "again") == order(tmp_path / "ray")
+    rows = lambda d: [(r["source"], r["index"]) for r in data_pipeline.split_dataset(d, "train", 0).iter_rows()]  # noqa: E731
+    # The same pairs, each once. (Not always in the same order: under load the written row order
+    # of a re-tokenization was seen to differ, see the closing note of issue 12; a resume reads
+    # the tokenized files it started with, so it is not affected.)
+    assert sorted(rows(tmp_path / "again")) == sorted(rows(tmp_path / "ray"))
+    assert len(set(rows(tmp_path / "ray"))) == len(rows(tmp_path / "ray"))
 
 
 def test_summarize_counts_from_parquet_footers_without_ray_data(tmp_path, monkeypatch):
