@@ -167,6 +167,7 @@ def run_ours(sizes: Sizes, model_dir: Path, pairs: list[dict], order: list[list[
 
     from orpo.config import load_config
     from orpo.job import attach_engine, build_job
+    from orpo.packing import real_tokens
     from orpo.trainer import LoopInputs, train
     from orpo.trainer_config import LoopConfig
     from pipelines.config import Config
@@ -223,8 +224,8 @@ def run_ours(sizes: Sizes, model_dir: Path, pairs: list[dict], order: list[list[
     rows = [m for m in ctx.history if "tokens_per_s" in m]
     tokens = rows[-1]["tokens_seen"] - rows[0]["tokens_seen"]
     seconds = sum((b["tokens_seen"] - a["tokens_seen"]) / b["tokens_per_s"] for a, b in zip(rows, rows[1:]))
-    real = sum(int(b["attention_mask"].sum()) for b in batches[sizes.warmup:])
-    positions = sum(b["attention_mask"].numel() for b in batches[sizes.warmup:])
+    real = sum(int(real_tokens(b)) for b in batches[sizes.warmup:])  # packed rows carry no attention mask
+    positions = sum(b["input_ids"].numel() for b in batches[sizes.warmup:])
     return {"tokens_per_s": tokens / seconds, "step_s": seconds / sizes.steps, "wall_s": time.perf_counter() - start,
             "padding_fraction": 1 - real / positions, "peak_mem_gib": _peak_gib(gpu), "packing": packing_switch,
             "attention": "flash_attention_2" if flash else "sdpa", "final_loss": rows[-1]["loss"]}
